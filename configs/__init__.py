@@ -1,0 +1,1 @@
+"""Preset rule configurations shipped with lrp-cli (YAML files)."""

