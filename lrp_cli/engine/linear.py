@@ -85,9 +85,11 @@ def _conv_padding(module: nn.Module) -> tuple:
     if isinstance(padding, str):
         if padding == "valid":
             return (0,) * len(module.kernel_size)
-        total = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+        total = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size, strict=True)]
         if any(t % 2 for t in total):
-            raise TypeError("padding='same' with an even kernel extent is asymmetric; pad explicitly")
+            raise TypeError(
+                "padding='same' with an even kernel extent is asymmetric; pad explicitly"
+            )
         return tuple(t // 2 for t in total)
     return tuple(padding)
 
@@ -126,7 +128,9 @@ def make_linear_op(module: nn.Module, batchnorm: nn.Module | None, dtype, device
         return AffineOp(scale, shift)
     weight, bias = cast(module.weight), cast(module.bias)
     if batchnorm is not None:
-        weight, bias = fold_batchnorm(weight, bias, *batchnorm_scale_shift(batchnorm, dtype, device))
+        weight, bias = fold_batchnorm(
+            weight, bias, *batchnorm_scale_shift(batchnorm, dtype, device)
+        )
     if isinstance(module, nn.Linear):
         return DenseOp(weight, bias)
     return ConvOp(

@@ -74,7 +74,8 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """``z + epsilon * sign(z)`` with sign(0) = +1 (zennit's convention)."""
     if epsilon == 0:
         return z
-    return z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
+    sign = (z >= 0).to(z.dtype) * 2 - 1  # in z's dtype: a float32 epsilon would round
+    return z + sign * epsilon
 
 
 def _divide(r: Tensor, z: Tensor, epsilon: float) -> Tensor:
@@ -93,11 +94,10 @@ def _check_number(name: str, value, minimum: float = 0.0) -> float:
 
 
 # ---------------------------------------------------------------- the mechanism
-@dataclass
 class LinearRule:
-    """Base of all linear-layer rules; subclasses only describe their groups."""
+    """Base of all linear-layer rules; subclasses (dataclasses) only describe their groups."""
 
-    name: str = field(init=False, default="linear")
+    name = "linear"
     stabilizer: float = 1e-6
     zero_bias: bool = False
 
@@ -161,7 +161,9 @@ class LinearRule:
             if term.bias is not None and op.bias is not None:
                 bias = _bias(op, term.bias, cache)
             # Constant sources (ones, bounds) do not depend on the sample: batch of one.
-            out = op.forward(sources.get(term.source, batch=False), _weight(op, term.weight, cache), bias)
+            out = op.forward(
+                sources.get(term.source, batch=False), _weight(op, term.weight, cache), bias
+            )
             out = out if term.sign == 1 else term.sign * out
             den = out if den is None else den + out
         return den
@@ -233,6 +235,7 @@ class EpsilonRule(LinearRule):
 
     name: str = field(init=False, default="epsilon")
     stabilizer: float = 1e-6
+    zero_bias: bool = False
 
     def __post_init__(self):
         self.stabilizer = _check_number("epsilon", self.stabilizer)
@@ -329,6 +332,8 @@ class ZPlusRule(AlphaBetaRule):
     """z-plus: only positive contributions; the alpha-beta rule with alpha 1, beta 0."""
 
     name: str = field(init=False, default="zplus")
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
     alpha: float = field(init=False, default=1.0)
     beta: float = field(init=False, default=0.0)
 
@@ -384,6 +389,8 @@ class WSquareRule(LinearRule):
     """w-square: ``w_jk^2 / sum_j w_jk^2``, independent of the input."""
 
     name: str = field(init=False, default="wsquare")
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
 
     def __post_init__(self):
         self.stabilizer = _check_number("stabilizer", self.stabilizer)
@@ -398,6 +405,7 @@ class FlatRule(LinearRule):
     """flat: relevance spread uniformly over each output's receptive field."""
 
     name: str = field(init=False, default="flat")
+    stabilizer: float = 1e-6
 
     def __post_init__(self):
         self.stabilizer = _check_number("stabilizer", self.stabilizer)

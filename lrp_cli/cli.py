@@ -1,0 +1,666 @@
+"""The ``lrp`` command: a thin Click layer over lrp_cli's Python API.
+
+Only click, PyYAML, Pillow and numpy are imported at start-up; torch, the engine and rich are
+imported inside the commands, so that ``lrp --help`` answers at once. stdout carries only what
+a command produces (records with ``--jsonl -``, tables); messages and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import ConfigError, list_presets, load_config
+from .images import DEFAULT_MAX_PIXELS
+from .models import BUILTIN_MODEL, ModelError
+from .outputs import CMAP_NAMES, OutputError
+
+DEFAULT_CONFIG = "epsilon-plus-flat"
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 1, 2, 130, 141
+
+
+class CliError(click.ClickException):
+    """A usage, config or model problem found before any work: one line, exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:
+        _say("error", self.format_message())
+
+
+class _Lrp(click.Group):
+    """Exit statuses of the conventions: 130 on Ctrl-C (not Click's 1), quiet on a closed pipe."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.Abort:
+            _say("error", "interrupted")
+            code = EXIT_INTERRUPTED
+        except click.ClickException as error:
+            error.show()
+            code = error.exit_code
+        except BrokenPipeError:
+            _silence_stdout()
+            code = EXIT_PIPE
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+# --------------------------------------------------------------------------------------------
+# messages on stderr
+
+
+_CONSOLE = None
+
+
+def _console():
+    """rich's stderr console: colour only on a terminal, and NO_COLOR / TERM=dumb honoured."""
+    global _CONSOLE
+    if _CONSOLE is None:
+        from rich.console import Console
+
+        _CONSOLE = Console(stderr=True, soft_wrap=True, highlight=False)
+    return _CONSOLE
+
+
+def _say(kind: str, message: str) -> None:
+    """One message line on stderr: ``error: ...``, ``warning: ...`` or plain."""
+    from rich.text import Text
+
+    styles = {"error": "bold red", "warning": "yellow"}
+    line = Text(f"{kind}: ", style=styles[kind]) if kind in styles else Text()
+    line.append(" ".join(message.split("\n")))
+    _console().print(line)
+
+
+def _silence_stdout() -> None:
+    """After the reader of stdout went away, let Python's final flush go to /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+@contextmanager
+def _before_work() -> Iterator[None]:
+    """Turn set-up errors (config, model, rules, device, output folder) into exit status 2."""
+    from .engine import CompositeError, UnsupportedModelError
+    from .explain import SetupError
+
+    try:
+        yield
+    except (
+        ConfigError,
+        ModelError,
+        UnsupportedModelError,
+        CompositeError,
+        SetupError,
+        OutputError,
+    ) as error:
+        raise CliError(" ".join(str(error).split())) from None
+
+
+@contextmanager
+def _progress(enabled: bool, total: int, what: str):
+    """A rich progress bar on stderr, only when it is a terminal (and not --quiet)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = _console()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (enabled and console.is_terminal),
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task(what, total=total)
+        yield lambda: progress.advance(task)
+
+
+# --------------------------------------------------------------------------------------------
+# options shared by several commands
+
+
+def _option(*names: str, **kwargs: Any) -> Callable:
+    """click.option showing its environment variable (``LRP_<COMMAND>_<OPTION>``) in --help."""
+    return click.option(*names, show_envvar=True, **kwargs)
+
+
+class _Floats(click.ParamType):
+    """Three comma-separated numbers, e.g. ``0.485,0.456,0.406``."""
+
+    name = "R,G,B"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a list of numbers such as 0.5,0.5,0.5", param, ctx)
+        if len(numbers) != 3:
+            self.fail(f"{value!r} needs 3 numbers (one per RGB channel)", param, ctx)
+        return numbers
+
+
+class _Names(click.ParamType):
+    """Comma-separated names checked against a list that is loaded only when used.
+
+    The evaluation names live in ``lrp_cli.evaluate`` (which imports torch): they are looked
+    up when an option is parsed, never for ``--help``.
+    """
+
+    name = "NAME[,NAME...]"
+
+    def __init__(self, names: Callable[[], Iterable[str]], single: bool = False) -> None:
+        self.names = names
+        self.single = single
+        if single:
+            self.name = "NAME"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (tuple, list)):
+            return value
+        allowed = list(self.names())
+        chosen = [v.strip() for v in str(value).split(",") if v.strip() and v.strip() != "none"]
+        unknown = [v for v in chosen if v not in allowed]
+        if unknown or (self.single and len(chosen) != 1):
+            self.fail(f"{value!r}: choose from {', '.join(allowed)}", param, ctx)
+        return chosen[0] if self.single else tuple(dict.fromkeys(chosen))
+
+
+def _evaluate_names(attribute: str) -> Callable[[], Iterable[str]]:
+    def names() -> Iterable[str]:
+        from . import evaluate
+
+        return getattr(evaluate, attribute)
+
+    return names
+
+
+def _complete_presets(ctx, param, incomplete: str) -> list[str]:
+    return [name for name in list_presets() if name.startswith(incomplete)]
+
+
+def _model_options(command: Callable) -> Callable:
+    """-m/--model, -w/--weights and the preprocessing overrides."""
+    options = [
+        _option("-m", "--model", default=BUILTIN_MODEL,
+                help="Model: the built-in efficientnet_lite0, a torchvision classification model "
+                     "name (resnet50, vgg16...), or package.module:callable for your own."),
+        _option("-w", "--weights", type=click.Path(dir_okay=False),
+                help="State dict (.pt/.pth read without running code, or .safetensors). "
+                     "Default: the model's pretrained weights, if available offline."),
+        _option("--input-size", type=click.IntRange(min=1),
+                help="Side of the square model input in pixels (default: the model's)."),
+        _option("--mean", type=_Floats(), help="Per-channel normalisation mean (default: model's)"),
+        _option("--std", type=_Floats(), help="Per-channel normalisation std (default: model's)"),
+        _option("--num-classes", type=click.IntRange(min=1),
+                help="Number of classes of the model in --weights (default: the model's)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _input_options(command: Callable) -> Callable:
+    """INPUTS, -0/--null and --max-pixels."""
+    options = [
+        click.argument("inputs", nargs=-1, required=True),
+        _option("-0", "--null", is_flag=True,
+                help="With '-': the paths on stdin are separated by NUL bytes (find -print0)."),
+        _option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
+                help="Refuse images with more pixels (decompression-bomb guard)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _device_options(command: Callable) -> Callable:
+    options = [
+        _option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                help="Where to compute: auto picks a CUDA GPU when PyTorch sees one."),
+        _option("--precision", type=click.Choice(["float32", "float64"]), default="float32",
+                help="Floating-point precision of the computation."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _load(config: str, model: str, weights, input_size, mean, std, num_classes):
+    """The rule config (checked first: it is quick) and the model."""
+    from .models import load_model
+
+    rules = load_config(config)
+    loaded = load_model(
+        model, weights, input_size=input_size, mean=mean, std=std, num_classes=num_classes
+    )
+    return rules, loaded
+
+
+def _collect(inputs: tuple[str, ...], null: bool, exclude: Iterable[Path] = ()):
+    """The input files; each spec that yields nothing is reported on stderr."""
+    from .images import collect_inputs
+
+    stdin = click.get_text_stream("stdin")
+    items, problems = collect_inputs(list(inputs), stdin=stdin, null_separated=null,
+                                     exclude=list(exclude))  # fmt: skip
+    for problem in problems:
+        _say("error", problem)
+    return items, problems
+
+
+# --------------------------------------------------------------------------------------------
+# the commands
+
+
+@click.group(
+    cls=_Lrp,
+    context_settings={
+        "auto_envvar_prefix": "LRP",
+        "show_default": True,
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+    },
+)
+@click.version_option(__version__, "-V", "--version", prog_name="lrp")
+def main() -> None:
+    """Explain PyTorch image classifiers with Layer-wise Relevance Propagation (LRP).
+
+    Every option can also be set in the environment: LRP_<COMMAND>_<OPTION>, e.g.
+    LRP_EXPLAIN_DEVICE=cpu (a flag on the command line wins).
+
+    \b
+    Examples:
+      lrp explain sample_images/                  # heatmaps of the photos -> lrp-out/
+      lrp explain cat.jpg -t "tabby" --overlay     # explain a chosen class, blend over photo
+      lrp explain photos/ -m resnet50 -w resnet50.pth -c epsilon-gamma-box
+      find data -name '*.png' -print0 | lrp explain - -0 --jsonl - > records.jsonl
+      lrp presets                                  # the shipped rule configs
+      lrp inspect -m vgg16 -w vgg16.pth -c montavon-vgg16   # which layer gets which rule
+      lrp evaluate sample_images/ -c epsilon-plus-flat -c epsilon --baseline random,gradient
+    """
+
+
+@main.command()
+@_input_options
+@_model_options
+@_option(
+    "-c",
+    "--config",
+    default=DEFAULT_CONFIG,
+    shell_complete=_complete_presets,
+    help="Rule config: a preset name (see 'lrp presets') or a YAML file.",
+)
+@_option(
+    "-t",
+    "--target",
+    default="top1",
+    help="Class to explain: top1 (each input's top class), a class index or a class name.",
+)
+@_option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("lrp-out"),
+    help="Output folder; inputs from a folder keep their sub-folders under it.",
+)
+@_option("--batch-size", type=click.IntRange(min=1), default=8, help="Inputs per engine call.")
+@_device_options
+@_option(
+    "--cmap",
+    type=click.Choice(CMAP_NAMES),
+    default="bwr",
+    help="Diverging colour map (red positive, zero in the middle, blue negative).",
+)
+@_option(
+    "--vmax",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Fixed colour-scale limit, for maps comparable across inputs "
+    "(default: each map's largest |relevance|).",
+)
+@_option("--overlay", is_flag=True, help="Also write NAME.overlay.png: heatmap over the photo.")
+@_option("--alpha", type=click.FloatRange(0, 1), default=0.5, help="Heatmap opacity in overlays.")
+@_option("--jsonl", metavar="PATH|-", help="Write one JSON record per input here ('-': stdout).")
+@_option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@_option(
+    "--skip-existing",
+    is_flag=True,
+    help="Keep inputs whose outputs all exist (resume an interrupted run).",
+)
+@_option(
+    "--workers",
+    type=click.IntRange(min=0),
+    help="Image-decoding processes (default: up to 4, fewer than the CPU cores).",
+)
+@_option("-q", "--quiet", is_flag=True, help="Print errors only: no progress, no summary.")
+def explain(inputs, null, max_pixels, model, weights, input_size, mean, std, num_classes, config,
+            target, out, batch_size, device, precision, cmap, vmax, overlay, alpha, jsonl,
+            overwrite, skip_existing, workers, quiet):  # fmt: skip
+    """Explain images: heatmaps, relevance arrays and records.
+
+    Writes a heatmap, the relevance and a JSON record for each input.
+
+    INPUTS are image files, folders (searched recursively), glob patterns, '-' (paths read
+    from stdin, one per line) and .npy files holding preprocessed inputs (C,H,W) or (N,C,H,W),
+    explained as they are. For each input NAME this writes, at the model's input resolution:
+
+    \b
+      OUT/NAME.png          heatmap: red positive, white zero, blue negative
+      OUT/NAME.npy          relevance summed over colour channels, float32 (H, W)
+      OUT/NAME.overlay.png  with --overlay: the heatmap blended over the photo
+
+    An (N,C,H,W) .npy file gives NAME.0.png, NAME.1.png, ... one per sample.
+
+    Existing outputs are never replaced silently: pass --overwrite, or --skip-existing to
+    resume an interrupted run. Exit status: 0 all inputs explained, 1 some failed (the others
+    are done; one line each on stderr), 2 usage, config or model error, 130 interrupted.
+
+    \b
+    Examples:
+      lrp explain sample_images/
+      lrp explain cat.jpg dog.jpg --target "golden retriever" --overlay --cmap seismic
+      lrp explain 'photos/**/*.jpg' -o heatmaps/ --skip-existing
+      lrp explain photos/ -m resnet18 -w my_resnet18.pt --num-classes 10 -t 3
+      lrp explain x.npy -m mypkg.nets:Net -w net.pt --input-size 32 \\
+          --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
+      ls *.jpg | lrp explain - --jsonl - | jq -r '[.input, .class_name] | @tsv'
+    """
+    from .explain import BatchExplainer, ExplainOptions
+    from .outputs import RecordWriter
+
+    if overwrite and skip_existing:
+        raise click.UsageError("--overwrite and --skip-existing exclude each other")
+    options = ExplainOptions(
+        out_dir=out, target=target, batch_size=batch_size, device=device, precision=precision,
+        cmap=cmap, overlay=overlay, alpha=alpha, vmax=vmax, max_pixels=max_pixels,
+        existing="overwrite" if overwrite else "skip" if skip_existing else "error",
+        workers=workers,
+    )  # fmt: skip
+    items, problems = _collect(inputs, null, exclude=[out])
+    with _before_work():
+        rules, loaded = _load(config, model, weights, input_size, mean, std, num_classes)
+        runner = BatchExplainer(loaded, rules, options)
+        records = RecordWriter(jsonl) if jsonl else None
+    if not quiet:
+        for warning in runner.warnings:
+            _say("warning", warning)
+    try:
+        with _progress(not quiet, len(items), "explaining") as advance:
+
+            def on_item(item_records: list[dict]) -> bool:
+                for record in item_records:
+                    if record["error"]:
+                        _say("error", record["error"])
+                    if records is not None and not records.write(record):
+                        return False
+                advance()
+                return True
+
+            summary = runner.run(items, on_item)
+    finally:
+        if records is not None:
+            records.close()
+    failed = summary.failed + len(problems)
+    if summary.stopped:
+        sys.exit(EXIT_PIPE)
+    if not quiet or summary.interrupted:
+        _say("plain", _explain_summary(summary, failed, out))
+    sys.exit(EXIT_INTERRUPTED if summary.interrupted else EXIT_FAILED if failed else 0)
+
+
+def _explain_summary(summary, failed: int, out: Path) -> str:
+    folder = f"{out}" if str(out).endswith(os.sep) else f"{out}{os.sep}"
+    done = f"explained {summary.explained} of {summary.inputs} inputs"
+    if not summary.interrupted and summary.explained + summary.skipped == summary.inputs:
+        done = f"explained {summary.explained} inputs"
+    counts = f"{summary.heatmaps} heatmaps, {failed} failed"
+    if summary.skipped:
+        counts += f", {summary.skipped} skipped (already done)"
+    line = f"{done} -> {folder} ({counts})"
+    if summary.interrupted:
+        return f"interrupted: {line}; rerun with --skip-existing to finish"
+    return line
+
+
+@main.command()
+def presets() -> None:
+    """List the shipped rule configs (use a name with -c/--config).
+
+    \b
+    Examples:
+      lrp presets
+      lrp explain photo.jpg -c epsilon-gamma-box
+      cp "$(python -c 'import lrp_cli.configs as c; print(c.__path__[0])')/epsilon.yaml" my.yaml
+    """
+    entries = list_presets()
+    width = max(map(len, entries), default=0)
+    for name, description in entries.items():
+        click.echo(f"{name:<{width}}  {description}")
+
+
+@main.command()
+@_model_options
+@_option(
+    "-c",
+    "--config",
+    default=DEFAULT_CONFIG,
+    shell_complete=_complete_presets,
+    help="Rule config: a preset name (see 'lrp presets') or a YAML file.",
+)
+def inspect(model, weights, input_size, mean, std, num_classes, config) -> None:
+    """Show the rule each layer of a model gets from a config.
+
+    Lists every layer with the LRP rule the config gives it, and why.
+
+    The 'source' column names the config entry (file:line) that chose the rule, or 'default'.
+    Config entries that match no layer are listed at the end: usually a typo in a pattern.
+
+    \b
+    Examples:
+      lrp inspect
+      lrp inspect -m vgg16 -w vgg16.pth -c montavon-vgg16
+      lrp inspect -m resnet18 -w model.pt --num-classes 10 -c my-rules.yaml
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .explain import build_explainer
+
+    with _before_work():
+        rules, loaded = _load(config, model, weights, input_size, mean, std, num_classes)
+        explainer, _ = build_explainer(loaded, rules)
+    table = Table(title=f"{loaded.name} under {rules.name} ({rules.source})")
+    for column in ("#", "layer", "type", "rule", "source", "folded BatchNorm"):
+        table.add_column(column, overflow="fold")
+    for number, layer in enumerate(explainer.layer_rules, start=1):
+        table.add_row(str(number), layer.name, layer.type, layer.rule, layer.source,
+                      layer.folded or "")  # fmt: skip
+    console = Console()
+    if not console.is_terminal:  # a file or pipe: never fold the table into narrow columns
+        console = Console(width=1000)
+    console.print(table)
+    unmatched = explainer.assignment.unmatched
+    if not unmatched:
+        console.print("every config entry matches at least one layer")
+    for entry in unmatched:
+        console.print(f"unmatched: {entry.origin + ': ' if entry.origin else ''}"
+                      f"{entry.match.describe()}", markup=False)  # fmt: skip
+
+
+@main.command()
+@_input_options
+@_model_options
+@_option(
+    "-c",
+    "--config",
+    "configs",
+    multiple=True,
+    default=[DEFAULT_CONFIG],
+    shell_complete=_complete_presets,
+    help="Rule config to evaluate (preset or YAML file); repeat to compare several.",
+)
+@_option(
+    "--baseline",
+    type=_Names(_evaluate_names("BASELINES")),
+    default="random",
+    help="Comparison methods: random, gradient, gradient-x-input (comma-separated; none).",
+)
+@_option("--region", type=click.IntRange(min=1), default=9, help="Side of the square regions.")
+@_option("--steps", type=click.IntRange(min=1), default=100, help="Regions perturbed in all.")
+@_option(
+    "--perturbation",
+    type=_Names(_evaluate_names("PERTURBATIONS"), single=True),
+    default="uniform",
+    help="Replace regions by: uniform (noise), blur or constant (0).",
+)
+@_option(
+    "--order",
+    type=_Names(_evaluate_names("ORDERS")),
+    default="morf",
+    help="Orders: morf (most relevant first), lerf (least relevant first), random.",
+)
+@_option(
+    "--score",
+    type=_Names(_evaluate_names("SCORES"), single=True),
+    default="logit",
+    help="What is measured: the target's logit or its probability.",
+)
+@_option("-t", "--target", default="top1", help="Class: top1, a class index or a class name.")
+@_option("--seed", type=int, default=0, help="Seed of the noise and random orders.")
+@_option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    help="Perturbed copies per forward pass.",
+)
+@_device_options
+@_option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every curve (mean and per image) as JSON here.",
+)
+@_option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a PNG plot of the mean curves here (needs matplotlib).",
+)
+@_option("-q", "--quiet", is_flag=True, help="Print errors only: no progress.")
+def evaluate(inputs, null, max_pixels, model, weights, input_size, mean, std, num_classes,
+             configs, baseline, region, steps, perturbation, order, score, target, seed,
+             batch_size, device, precision, json_path, plot, quiet):  # fmt: skip
+    """Measure how faithful heatmaps are (region perturbation, AOPC).
+
+    Region perturbation as in Samek et al. (2017), Evaluating the visualization of what a deep
+    neural network has learned.
+
+    The image is cut into REGION x REGION squares; they are replaced one after another, most
+    relevant first (morf), and the target's score is measured after each step. A faithful
+    heatmap makes the score drop fast: a large AOPC (area over the perturbation curve) and a
+    small AUC (area under it). lerf is the reverse (small AOPC is good); random order is
+    the reference. Every method sees the same noise (same --seed).
+
+    \b
+    Examples:
+      lrp evaluate sample_images/
+      lrp evaluate sample_images/ -c epsilon-plus-flat -c epsilon -c zero \\
+          --baseline random,gradient,gradient-x-input --order morf,lerf --plot aopc.png
+      lrp evaluate photos/ -m resnet50 -w r50.pth --perturbation blur --json curves.json
+    """
+    from .evaluate_run import Evaluation
+
+    if plot is not None and _missing("matplotlib"):
+        raise CliError("--plot needs matplotlib: pip install 'lrp-cli[plots]'")
+    if not order:
+        raise click.BadParameter("give at least one order", param_hint="--order")
+    items, problems = _collect(inputs, null)
+    with _before_work():
+        rules = [load_config(name) for name in configs]
+        _, loaded = _load(configs[0], model, weights, input_size, mean, std, num_classes)
+        evaluation = Evaluation(
+            loaded, rules, baseline, device=device, precision=precision, target=target,
+            region=region, steps=steps, perturbation=perturbation, orders=order, score=score,
+            seed=seed, batch_size=batch_size,
+        )  # fmt: skip
+    if not quiet:
+        for warning in evaluation.warnings:
+            _say("warning", warning)
+    failures = evaluation.load(items, max_pixels)
+    for message in failures:
+        _say("error", message)
+    if not evaluation.inputs:
+        _say("error", "no input could be loaded: nothing to evaluate")
+        sys.exit(EXIT_FAILED)
+    with _progress(not quiet, evaluation.tasks, "evaluating") as advance:
+        results, errors = evaluation.run(advance)
+    for message in errors:
+        _say("error", message)
+    if results:
+        _print_results(results, evaluation)
+        _write_results(results, json_path, plot, evaluation)
+    sys.exit(EXIT_FAILED if problems or failures or errors else 0)
+
+
+def _missing(module: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(module) is None
+
+
+def _print_results(results, evaluation) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"region perturbation: {evaluation.describe()}",
+        caption="mean ± spread (std) over images; MoRF: larger AOPC is better",
+    )
+    for column in ("method", "order", "AOPC", "AUC", "images"):
+        table.add_column(column, justify="left" if column in ("method", "order") else "right")
+    for r in results:
+        table.add_row(r.method, r.order, f"{r.aopc:.4g} ± {r.aopc_std:.2g}",
+                      f"{r.auc:.4g} ± {r.auc_std:.2g}", str(len(r.per_image)))  # fmt: skip
+    Console().print(table)
+
+
+def _write_results(results, json_path: Path | None, plot: Path | None, evaluation) -> None:
+    import json
+
+    from .evaluate import plot_curves, results_to_json
+    from .outputs import atomic_write
+
+    try:
+        if json_path is not None:
+            data = json.dumps(results_to_json(results), indent=1).encode("utf-8")
+            atomic_write(json_path, lambda handle: handle.write(data))
+            _say("plain", f"curves -> {json_path}")
+        if plot is not None:
+            plot_curves(results, plot, title=evaluation.describe())
+            _say("plain", f"plot -> {plot}")
+    except (OutputError, OSError) as error:
+        raise CliError(" ".join(str(error).split())) from None

@@ -1,0 +1,162 @@
+"""The runner behind ``lrp evaluate``: compare rule configs and baselines by region perturbation.
+
+It joins the pieces that ``lrp explain`` uses (model, engine, input loading) to the measurement
+in :mod:`lrp_cli.evaluate`, so that the command itself only parses options and prints.
+Every method is measured on the same inputs, targets and noise (one seed per curve).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import evaluate
+from .explain import SetupError, build_explainer, iter_batches, resolve_device, resolve_target
+from .images import DEFAULT_MAX_PIXELS, InputItem
+
+if TYPE_CHECKING:
+    from .config import RuleConfig
+    from .models import LoadedModel
+
+# Inputs per engine call when computing attributions (LRP keeps every layer's activations).
+_ATTRIBUTION_BATCH = 8
+
+
+class Evaluation:
+    """One comparison: configs and baselines x orders on the inputs given to :meth:`load`.
+
+    Construction checks everything that can be wrong before any work (device, target, region
+    and step counts, rules) and raises :class:`SetupError` or the engine's errors.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        configs: Sequence[RuleConfig],
+        baselines: Sequence[str],
+        *,
+        device: str = "auto",
+        precision: str = "float32",
+        target: str | int | None = None,
+        region: int = 9,
+        steps: int = 100,
+        perturbation: str = "uniform",
+        orders: Sequence[str] = ("morf",),
+        score: str = "logit",
+        seed: int = 0,
+        batch_size: int = 32,
+    ) -> None:
+        size = model.preprocessing.input_size
+        regions = math.ceil(size / region) ** 2
+        if steps > regions:
+            raise SetupError(
+                f"--steps {steps} is more than the {regions} regions of {region} x {region} "
+                f"pixels in a {size} x {size} input; use --steps {regions} or a smaller --region"
+            )
+        self.model = model
+        self.device = resolve_device(device)
+        self.dtype = getattr(torch, precision)
+        self.target = resolve_target(model, target)
+        self.settings = dict(
+            region=region,
+            steps=steps,
+            perturbation=perturbation,
+            score=score,
+            batch_size=batch_size,
+            bounds=model.preprocessing.bounds(),
+        )
+        self.orders, self.seed = list(orders), seed
+        self.methods: dict[str, Callable] = {}
+        self.warnings: list[str] = []
+        for config in configs:
+            explainer, warnings = build_explainer(model, config, self.device.type, precision)
+            name = config.name if config.name not in self.methods else config.source
+            self.methods[name] = _lrp(explainer)
+            self.warnings += warnings
+        for name in baselines:
+            self.methods[name] = _baseline(model.module, evaluate.BASELINES[name], seed)
+        self.inputs: list[str] = []
+        self._x: list[torch.Tensor] = []
+
+    @property
+    def tasks(self) -> int:
+        """Curves to compute, for a progress bar."""
+        return len(self.methods) * len(self.orders)
+
+    def describe(self) -> str:
+        s = self.settings
+        return (f"{self.model.name}, {s['perturbation']} perturbation, {s['region']} x "
+                f"{s['region']} regions, {s['steps']} steps, {s['score']}")  # fmt: skip
+
+    def load(
+        self, items: Sequence[InputItem], max_pixels: int | None = DEFAULT_MAX_PIXELS
+    ) -> list[str]:
+        """Decode the inputs (as ``lrp explain`` does); returns one message per failed input."""
+        errors = []
+        for batch in iter_batches(items, self.model, _ATTRIBUTION_BATCH, max_pixels=max_pixels):
+            errors += [message for _, message in batch["errors"]]
+            if batch["inputs"] is None:
+                continue
+            for index, rows in zip(
+                batch["index"], batch["inputs"].split(batch["counts"]), strict=True
+            ):
+                path = str(items[index].path)
+                names = [path] if len(rows) == 1 else [f"{path}[{k}]" for k in range(len(rows))]
+                self.inputs += names
+                self._x.append(rows)
+        return errors
+
+    def run(self, advance: Callable[[], object] = lambda: None):
+        """Every method's curves: (list of ``evaluate.MethodResult``, one-line errors)."""
+        x = torch.cat(self._x).to(self.device, self.dtype)
+        targets = self._targets(x)
+        results, errors = [], []
+        random_curves = None
+        for method, attribute in self.methods.items():
+            try:
+                attribution = None
+                for order in self.orders:
+                    if order == "random":  # the attribution plays no part: measure it once
+                        if random_curves is None:
+                            random_curves = self._curves(x, None, targets, order)
+                        curves = random_curves
+                    else:
+                        if attribution is None:
+                            attribution = _chunked(attribute, x, targets)
+                        curves = self._curves(x, attribution, targets, order)
+                    results.append(evaluate.summarize(method, order, curves, self.inputs,
+                                                      score=self.settings["score"]))  # fmt: skip
+                    advance()
+            except (ValueError, RuntimeError) as error:
+                errors.append(f"{method}: cannot be evaluated: {' '.join(str(error).split())}")
+        return results, errors
+
+    def _targets(self, x: torch.Tensor) -> torch.Tensor:
+        if self.target is not None:
+            return torch.full((len(x),), self.target, dtype=torch.long, device=x.device)
+        with torch.inference_mode():
+            return torch.cat([self.model.module(c).argmax(dim=1) for c in x.split(32)])
+
+    def _curves(self, x, attribution, targets, order: str) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        return evaluate.region_perturbation_curve(
+            self.model.module, x, attribution, targets, order=order, generator=generator,
+            **self.settings,
+        )  # fmt: skip
+
+
+def _lrp(explainer) -> Callable:
+    return lambda x, target: explainer(x, target).relevance.sum(dim=1)
+
+
+def _baseline(module, function, seed: int) -> Callable:
+    generator = torch.Generator().manual_seed(seed)
+    return lambda x, target: function(module, x, target, generator)
+
+
+def _chunked(attribute: Callable, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    parts = zip(x.split(_ATTRIBUTION_BATCH), targets.split(_ATTRIBUTION_BATCH), strict=True)
+    return torch.cat([attribute(xs, ts).detach() for xs, ts in parts])

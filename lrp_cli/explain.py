@@ -1,0 +1,532 @@
+"""The batch runner behind ``lrp explain``, as a Python API (no command-line code here).
+
+Why a runner and not a loop over files: a DataLoader's worker processes decode the next images
+while the engine explains the current batch, one bad file or one degenerate map fails only its
+own input, and an interrupted run keeps what it finished (every file is written atomically and an
+input's outputs are removed again if it is cut off half way), so ``skip_existing`` can resume it.
+
+Batches are formed from the inputs that loaded, in order, so an input that fails to load never
+changes the batches (and so the bits) of the others.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .images import DEFAULT_MAX_PIXELS, ImageDataset, ImageError, InputItem, collate, denormalize
+from .outputs import (
+    OutputError,
+    OutputPaths,
+    color_limit,
+    degenerate_reason,
+    output_paths,
+    overlay,
+    render_heatmap,
+    save_npy,
+    save_png,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config import RuleConfig
+    from .engine import Explainer
+    from .models import LoadedModel
+
+__all__ = [
+    "BatchExplainer",
+    "ExplainOptions",
+    "SetupError",
+    "Summary",
+    "build_explainer",
+    "iter_batches",
+    "resolve_device",
+    "resolve_target",
+]
+
+PRECISIONS = ("float32", "float64")
+DEVICES = ("auto", "cpu", "cuda")
+EXISTING = ("error", "overwrite", "skip")
+
+
+class SetupError(Exception):
+    """A problem found before any input is explained (device, output folder); one line."""
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """What ``lrp explain`` does with each input; defaults match the command's.
+
+    ``target``: None or ``"top1"`` (each input's top class), a class index or a class name.
+    ``existing``: what to do when an input's outputs exist: ``"error"`` (that input fails),
+    ``"overwrite"``, or ``"skip"`` (resume: an input counts as done when all its outputs exist).
+    ``vmax``: fixed colour-scale limit (comparable maps); None scales each map to its max |R|.
+    """
+
+    out_dir: Path = Path("lrp-out")
+    target: str | int | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    precision: str = "float32"
+    cmap: str = "bwr"
+    overlay: bool = False
+    alpha: float = 0.5
+    vmax: float | None = None
+    existing: str = "error"
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    workers: int | None = None  # decoding processes; None: up to 4, fewer than the cores
+
+
+@dataclass
+class Summary:
+    """Counts of one run, by input file (``heatmaps`` counts samples written)."""
+
+    inputs: int = 0
+    explained: int = 0
+    failed: int = 0
+    skipped: int = 0
+    heatmaps: int = 0
+    interrupted: bool = False  # Ctrl-C
+    stopped: bool = False  # the records' reader went away
+
+    @property
+    def done(self) -> int:
+        return self.explained + self.failed + self.skipped
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up shared by explain, inspect and evaluate
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when PyTorch sees a GPU; ``cuda`` without one is a set-up error."""
+    import torch
+
+    if name not in DEVICES:
+        raise SetupError(f"unknown device {name!r}; use one of {', '.join(DEVICES)}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise SetupError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def build_explainer(
+    model: LoadedModel, config: RuleConfig, device: str = "cpu", precision: str = "float32"
+) -> tuple[Explainer, list[str]]:
+    """The engine for ``model`` under ``config``, and its warnings as one-line messages.
+
+    The warnings (config entries that match no layer) are collected, not printed, so that the
+    caller can show each once. The model is moved to ``device`` and ``precision`` in place.
+    Raises the engine's ``UnsupportedModelError`` / ``CompositeError`` and :class:`SetupError`.
+    """
+    import torch
+
+    from .engine import Explainer
+
+    if precision not in PRECISIONS:
+        raise SetupError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    model.module.to(device=resolve_device(device), dtype=getattr(torch, precision))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explainer = Explainer(
+            model.module, config.composite(), input_bounds=model.preprocessing.bounds()
+        )
+    return explainer, [" ".join(str(w.message).split()) for w in caught]
+
+
+def _default_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cores or 1) - 1))
+
+
+def iter_batches(
+    items: Sequence[InputItem],
+    model: LoadedModel,
+    batch_size: int,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+    pin_memory: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Decoded inputs in order, as :func:`lrp_cli.images.collate` batches (errors included).
+
+    Worker processes decode while the caller computes, but only for more than one input: a
+    single image is faster without starting a process.
+    """
+    from torch.utils.data import DataLoader
+
+    dataset = ImageDataset(items, model.preprocessing, max_pixels=max_pixels)
+    count = _default_workers() if workers is None else workers
+    count = min(count, len(items) - 1) if len(items) > 1 else 0
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate,
+        num_workers=max(count, 0),
+        pin_memory=pin_memory,
+    )
+    yield from loader
+
+
+# --------------------------------------------------------------------------------------------
+# The runner
+
+
+@dataclass
+class _Job:
+    """An input to explain and where its samples' outputs go (several for an (N,C,H,W) .npy)."""
+
+    item: InputItem
+    outputs: list[OutputPaths]
+    indexed: bool  # outputs named NAME.0.png, NAME.1.png...
+
+
+class BatchExplainer:
+    """Explains inputs in batches and writes heatmaps, relevance arrays and records.
+
+    Construction does all the set-up that can fail for a usage reason (device, precision,
+    target, rules, output folder) so that the caller can report it before any work; then
+    :meth:`run` never raises for an input's problem: each becomes an error record.
+    """
+
+    def __init__(self, model: LoadedModel, config: RuleConfig, options: ExplainOptions) -> None:
+        if options.batch_size < 1:
+            raise SetupError(f"batch size must be at least 1, got {options.batch_size}")
+        if options.existing not in EXISTING:
+            raise SetupError(f"existing must be one of {', '.join(EXISTING)}")
+        if options.vmax is not None and not options.vmax > 0:
+            raise SetupError(f"--vmax must be a positive number, got {options.vmax}")
+        if not 0.0 <= options.alpha <= 1.0:
+            raise SetupError(f"--alpha must be between 0 and 1, got {options.alpha}")
+        import torch
+
+        self.model = model
+        self.config = config
+        self.options = options
+        self.target = resolve_target(model, options.target)
+        self.device = resolve_device(options.device)
+        self.explainer, self.warnings = build_explainer(
+            model, config, self.device.type, options.precision
+        )
+        self.dtype = getattr(torch, options.precision)
+        self.out_dir = Path(options.out_dir)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SetupError(
+                f"{self.out_dir}: cannot create the output folder ({error.strerror or error}); "
+                "choose another one with --out"
+            ) from None
+        _remove_stale_temporaries(self.out_dir)
+
+    # ---------------------------------------------------------------------------- public
+    def run(
+        self,
+        items: Sequence[InputItem],
+        on_item: Callable[[list[dict[str, Any]]], bool | None] | None = None,
+    ) -> Summary:
+        """Explain ``items``; ``on_item(records)`` is called once per input with its records.
+
+        ``on_item`` returning False stops the run (the reader of the records went away).
+        Ctrl-C stops it too: finished outputs stay, the summary says it was interrupted.
+        """
+        summary = Summary(inputs=len(items))
+
+        def report(records: list[dict[str, Any]]) -> None:
+            status = {r["status"] for r in records}
+            if "failed" in status:
+                summary.failed += 1
+            elif status == {"skipped"}:
+                summary.skipped += 1
+            else:
+                summary.explained += 1
+            summary.heatmaps += sum(r["status"] == "explained" for r in records)
+            if on_item is not None and on_item(records) is False:
+                raise _Stop
+
+        try:
+            jobs = self._plan(items, report)
+            self._explain(jobs, report)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        except _Stop:
+            summary.stopped = True
+        return summary
+
+    # ---------------------------------------------------------------------------- planning
+    def _plan(self, items: Sequence[InputItem], report) -> list[_Job]:
+        """Name every input's outputs; report the ones to skip or refuse before any decoding."""
+        jobs, claimed = [], set()
+        for item in items:
+            try:
+                job = self._job(item)
+            except OutputError as error:
+                report([self._record(item, error=str(error))])
+                continue
+            paths = [p for o in job.outputs for p in self._files(o)]
+            existing = [p for p in paths if p.exists()]
+            clash = next((p for p in paths if _key(p) in claimed), None)
+            if self.options.existing == "skip" and existing and len(existing) == len(paths):
+                report([self._record(item, o, k, job.indexed, status="skipped") for k, o in
+                        enumerate(job.outputs)])  # fmt: skip
+            elif clash is not None:
+                report([self._record(item, error=str(ImageError(
+                    item.path, f"its output {clash} is also the output of another input",
+                    "rename one of the two inputs")))])  # fmt: skip
+            elif existing and self.options.existing == "error":
+                report([self._record(item, error=str(ImageError(
+                    item.path, f"output {existing[0]} already exists",
+                    "pass --overwrite to replace it or --skip-existing to keep it")))])  # fmt: skip
+            else:
+                claimed.update(_key(p) for p in paths)
+                jobs.append(job)
+        return jobs
+
+    def _job(self, item: InputItem) -> _Job:
+        samples = _npy_samples(item.path) if item.path.suffix.lower() == ".npy" else None
+        if samples is None:
+            return _Job(item, [output_paths(self.out_dir, item.relative)], indexed=False)
+        return _Job(item, self._indexed_outputs(item, samples), indexed=True)
+
+    def _indexed_outputs(self, item: InputItem, samples: int) -> list[OutputPaths]:
+        relative = item.relative
+        return [
+            output_paths(self.out_dir, relative.with_name(f"{relative.stem}.{k}{relative.suffix}"))
+            for k in range(samples)
+        ]
+
+    def _files(self, paths: OutputPaths) -> list[Path]:
+        files = [paths.heatmap, paths.relevance]
+        return files + [paths.overlay] if self.options.overlay else files
+
+    # ---------------------------------------------------------------------------- explaining
+    def _explain(self, jobs: list[_Job], report) -> None:
+        """Decode in workers, regroup the inputs that loaded into full batches, explain them."""
+        size = self.options.batch_size
+        pending: list[tuple[_Job, Any]] = []
+        batches = iter_batches(
+            [job.item for job in jobs],
+            self.model,
+            size,
+            max_pixels=self.options.max_pixels,
+            workers=self.options.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for batch in batches:
+            errors = dict(batch["errors"])
+            rows = iter(batch["inputs"].split(batch["counts"]) if batch["counts"] else ())
+            for index in sorted([*errors, *batch["index"]]):
+                if index in errors:
+                    report([self._record(jobs[index].item, error=errors[index])])
+                    continue
+                pending.append((jobs[index], next(rows)))
+                while sum(len(x) for _, x in pending) >= size:
+                    cut = _cut(pending, size)
+                    self._explain_group(pending[:cut], report)
+                    del pending[:cut]
+        if pending:
+            self._explain_group(pending, report)
+
+    def _explain_group(self, group: list[tuple[_Job, Any]], report) -> None:
+        import torch
+
+        x = torch.cat([rows for _, rows in group]).to(self.device, self.dtype, non_blocking=True)
+        start = time.perf_counter()
+        try:
+            result = self.explainer(x, self.target)
+        except Exception as error:  # the engine failed on this batch: its inputs fail, not the run
+            for job, _ in group:
+                problem = f"explaining failed: {_reason(error)}"
+                report([self._record(job.item, error=str(ImageError(job.item.path, problem)))])
+            return
+        maps = result.relevance.sum(dim=1).float().cpu().numpy()
+        logits = result.logits.detach().double().cpu()
+        probabilities = torch.softmax(logits, dim=1)
+        targets = result.targets.cpu().tolist()
+        share = (time.perf_counter() - start) / len(x)
+        row = 0
+        for job, rows in group:
+            outputs = job.outputs
+            if job.indexed and len(outputs) != len(rows):  # the file changed since planning
+                outputs = self._indexed_outputs(job.item, len(rows))
+            records = []
+            for k in range(len(rows)):
+                i = row + k
+                scores = (logits[i], probabilities[i], targets[i])
+                records.append(self._finish(job, k, outputs[k], maps[i], rows[k], scores, share))
+            row += len(rows)
+            report(records)
+
+    def _finish(self, job: _Job, k: int, paths: OutputPaths, relevance, x, scores, share):
+        """Check one sample's result, write its files, return its record."""
+        logits, probabilities, target = scores
+        start = time.perf_counter()
+        fields: dict[str, Any] = {
+            "target": target,
+            "class_name": self.model.class_name(target),
+            "logit": float(logits[target]),
+            "probability": float(probabilities[target]),
+        }
+        if not bool(logits.isfinite().all()):
+            problem = "the model's output is NaN or infinite for this input"
+            advice = "check the input's values and the model's weights"
+        else:
+            problem = degenerate_reason(relevance)
+            advice = "no heatmap was written; try another --config or --target"
+        if problem is not None:
+            error = str(ImageError(_sample_name(job, k), problem, advice))
+            return self._record(job.item, paths, k, job.indexed, error=error, **fields)
+        relevance = np.ascontiguousarray(relevance, dtype=np.float32)
+        vmax = color_limit(relevance, vmax=self.options.vmax)
+        try:
+            self._write(paths, relevance, x, vmax)
+        except OutputError as error:
+            return self._record(job.item, paths, k, job.indexed, error=str(error), **fields)
+        return self._record(
+            job.item, paths, k, job.indexed, status="explained", **fields,
+            relevance_sum=float(relevance.sum(dtype=np.float64)), vmax=vmax,
+            seconds=round(share + time.perf_counter() - start, 6),
+        )  # fmt: skip
+
+    def _write(self, paths: OutputPaths, relevance: np.ndarray, x, vmax: float) -> None:
+        """Write one sample's files; if cut off half way, remove the ones already written."""
+        heatmap = render_heatmap(relevance, self.options.cmap, vmax=vmax)
+        written: list[Path] = []
+        try:
+            save_npy(relevance, paths.relevance)
+            written.append(paths.relevance)
+            if self.options.overlay:
+                photo = denormalize(x, self.model.preprocessing)
+                save_png(overlay(heatmap, photo, self.options.alpha), paths.overlay)
+                written.append(paths.overlay)
+            save_png(heatmap, paths.heatmap)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+
+    def _record(
+        self,
+        item: InputItem,
+        paths: OutputPaths | None = None,
+        sample: int | None = None,
+        indexed: bool = False,
+        *,
+        status: str = "failed",
+        error: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """One JSON-lines record; every record has the same keys, null where unknown."""
+        outputs = None
+        if paths is not None:
+            outputs = {
+                "heatmap": str(paths.heatmap),
+                "relevance": str(paths.relevance),
+                "overlay": str(paths.overlay) if self.options.overlay else None,
+            }
+        return {
+            "input": str(item.path),
+            "sample": sample if indexed else None,
+            "status": status,
+            "error": error,
+            "outputs": outputs,
+            "model": self.model.name,
+            "weights": self.model.weights,
+            "config": self.config.name,
+            "config_source": self.config.source,
+            "target": fields.get("target"),
+            "class_name": fields.get("class_name"),
+            "logit": fields.get("logit"),
+            "probability": fields.get("probability"),
+            "relevance_sum": fields.get("relevance_sum"),
+            "vmax": fields.get("vmax"),
+            "cmap": self.options.cmap,
+            "device": str(self.device),
+            "precision": self.options.precision,
+            "seconds": fields.get("seconds"),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+class _Stop(Exception):
+    """The records' reader went away: stop quietly."""
+
+
+def resolve_target(model: LoadedModel, target: str | int | None) -> int | None:
+    """None for each input's top class (``top1``), else the class index (name or number)."""
+    if target is None or str(target).strip().lower() in ("", "top1"):
+        return None
+    return model.class_index(target)
+
+
+def _npy_samples(path: Path) -> int | None:
+    """Samples in an (N, C, H, W) ``.npy``, from its header only; None for anything else."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception:  # unreadable or not an array: loading reports it properly
+        return None
+    return int(array.shape[0]) if array.ndim == 4 and array.shape[0] > 0 else None
+
+
+def _cut(pending: list[tuple[_Job, Any]], size: int) -> int:
+    """How many pending inputs make the next batch: whole inputs, at least ``size`` rows."""
+    rows = 0
+    for count, (_, x) in enumerate(pending, start=1):
+        rows += len(x)
+        if rows >= size:
+            return count
+    return len(pending)
+
+
+def _sample_name(job: _Job, k: int) -> str:
+    return f"{job.item.path}[{k}]" if job.indexed else str(job.item.path)
+
+
+def _key(path: Path) -> str:
+    return str(path).casefold()
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# outputs.atomic_write's temporary files: ``.NAME.PID-HEX.tmp``.
+_TEMPORARY = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tmp$")
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files left by a killed run (SIGKILL cannot clean up after itself).
+
+    Only files whose writing process is gone are touched, so a run writing into the same
+    folder at the same time keeps its own.
+    """
+    for root, _, files in os.walk(folder):
+        for name in files:
+            match = _TEMPORARY.match(name)
+            if match and not _alive(int(match.group(1))):
+                Path(root, name).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process
+        return True
+    return True

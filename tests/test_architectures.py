@@ -1,0 +1,189 @@
+"""End to end on real torchvision architectures (random seeded weights, float64).
+
+With every bias and BatchNorm shift zero, LRP-0 conserves exactly: sum(relevance) equals the
+target logit. That one number catches a lost branch, a doubled residual or a wrong split at a
+concatenation. LRP-0 everywhere also equals gradient x input on these (piecewise linear) nets.
+"""
+
+import warnings
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from lrp_cli.config import load_config
+from lrp_cli.engine import Composite, Explainer, NormRule, UnsupportedModelError, ZeroRule
+from lrp_cli.models import load_model
+
+from .conftest import randomize_batchnorm, zero_biases
+
+DT = torch.float64
+ARCHITECTURES = {
+    "vgg11": 32, "vgg11_bn": 32, "alexnet": 64, "resnet18": 32, "resnext50_32x4d": 32,
+    "wide_resnet50_2": 32, "densenet121": 32, "mobilenet_v2": 32, "googlenet": 32,
+    "squeezenet1_0": 48, "squeezenet1_1": 48, "shufflenet_v2_x0_5": 32, "regnet_x_400mf": 32,
+}  # fmt: skip
+
+
+def _build(name):
+    kwargs = {"num_classes": 10}
+    if name == "googlenet":
+        kwargs.update(aux_logits=False, init_weights=True)
+    return torchvision.models.get_model(name, **kwargs)
+
+
+def _lrp0(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Explainer(model, Composite(default=ZeroRule(), norm=NormRule(0.0)))
+
+
+def _scaled_up(model):
+    """Some inits (GoogLeNet's truncated normal 0.01) give vanishing logits; rescale per layer."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.mul_((2.0 / fan_in) ** 0.5 / m.weight.std().clamp_min(1e-12))
+    return model
+
+
+@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+def architecture(request):
+    torch.manual_seed(3)
+    model = _scaled_up(zero_biases(randomize_batchnorm(_build(request.param), zero_shift=True)))
+    model = model.to(DT).eval()
+    x = torch.randn(2, 3, ARCHITECTURES[request.param], ARCHITECTURES[request.param], dtype=DT)
+    return request.param, model, x
+
+
+def test_lrp0_conserves_the_logit(architecture):
+    name, model, x = architecture
+    result = _lrp0(model)(x)
+    torch.testing.assert_close(result.logits, model(x), rtol=1e-9, atol=1e-12)
+    logit = result.logits.gather(1, result.targets[:, None]).squeeze(1)
+    assert logit.abs().min() > 1e-8, "degenerate test model"
+    torch.testing.assert_close(result.relevance.sum((1, 2, 3)), logit, rtol=1e-6, atol=0)
+
+
+def test_lrp0_equals_gradient_times_input(architecture):
+    name, model, x = architecture
+    if any(isinstance(m, nn.ReLU6) for m in model.modules()):
+        pytest.skip(
+            "ReLU6 clips: its gradient is not relevance-preserving, so LRP-0 != grad x input"
+        )
+    result = _lrp0(model)(x, target=4)
+    leaf = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(model(leaf)[:, 4].sum(), leaf)
+    scale = (grad * x).abs().max()
+    assert (result.relevance - grad * x).abs().max() <= 1e-9 * scale
+
+
+@pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-gamma-box"])
+def test_presets_run_on_every_architecture(architecture, preset):
+    name, model, x = architecture
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        explainer = Explainer(model, load_config(preset).composite(), input_bounds=(-3.0, 3.0))
+    relevance = explainer(x).relevance
+    assert relevance.shape == x.shape and torch.isfinite(relevance).all()
+
+
+def test_builtin_efficientnet_lite_conserves():
+    torch.manual_seed(0)
+    model = load_model("efficientnet_lite0").module
+    zero_biases(randomize_batchnorm(model, zero_shift=True)).to(DT)
+    x = torch.randn(1, 3, 224, 224, dtype=DT)
+    result = _lrp0(model)(x)
+    torch.testing.assert_close(result.logits, model(x), rtol=1e-9, atol=1e-12)
+    logit = result.logits[0, result.targets[0]]
+    torch.testing.assert_close(result.relevance.sum(), logit, rtol=1e-6, atol=0)
+
+
+def test_model_is_left_untouched():
+    model = randomize_batchnorm(torchvision.models.resnet18(num_classes=10)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    explainer = Explainer(model, load_config("epsilon-gamma-box").composite(),
+                          input_bounds=(-2.0, 2.0))  # fmt: skip
+    explainer(torch.randn(2, 3, 32, 32))
+    assert all(m.training for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(m._forward_hooks or m._backward_hooks or m._forward_pre_hooks
+                   for m in model.modules())  # fmt: skip
+    assert not any(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("efficientnet_b0", "multiplicative gate"),
+        ("mobilenet_v3_small", "Hardsigmoid"),
+        ("convnext_tiny", "layer_norm"),
+        ("vit_b_16", "LayerNorm"),
+    ],
+)
+def test_unsupported_architectures_are_refused_by_name(name, expected):
+    model = torchvision.models.get_model(name, num_classes=10)
+    with pytest.raises(UnsupportedModelError, match=expected) as info:
+        Explainer(model)
+    assert "node '" in str(info.value)
+
+
+class _Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = h * torch.sigmoid(h)  # a data-dependent product
+        return self.fc(h.mean((2, 3)))
+
+
+class _Custom(nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x.flatten(1), 1)
+
+
+def test_gate_and_unknown_ops_are_refused():
+    with pytest.raises(UnsupportedModelError, match="node 'mul'.*multiplicative gate"):
+        Explainer(_Gated())
+    with pytest.raises(UnsupportedModelError, match="node 'cumsum'"):
+        Explainer(_Custom())
+
+
+class _Mixed(nn.Module):
+    """Functional ops, a shared module, residual and concatenation, in-place ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.head = nn.Linear(6, 4)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        a = self.relu(self.conv(x))
+        b = self.conv(a)  # the same module twice
+        b += a  # in-place residual
+        h = torch.cat([a, torch.nn.functional.relu(b)], dim=1)
+        h = self.bn(h)  # a BatchNorm after a concatenation: its own affine layer
+        h = torch.nn.functional.adaptive_avg_pool2d(h, 1).flatten(1)
+        return self.head(h)
+
+
+def test_functional_and_shared_layers_conserve():
+    model = zero_biases(randomize_batchnorm(_Mixed(), zero_shift=True)).to(DT).eval()
+    x = torch.randn(3, 3, 8, 8, dtype=DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        explainer = Explainer(
+            model, Composite(default=ZeroRule(), batchnorm=ZeroRule(), norm=NormRule(0.0))
+        )
+    result = explainer(x)
+    torch.testing.assert_close(result.logits, model(x))
+    logit = result.logits.gather(1, result.targets[:, None]).squeeze(1)
+    torch.testing.assert_close(result.relevance.sum((1, 2, 3)), logit, rtol=1e-9, atol=0)
