@@ -125,13 +125,14 @@ class _Validator:
         line = where.get(LINE, "?") if isinstance(where, dict) else where
         raise ConfigError(f"{self.source}:{line}: {message}")
 
-    def unknown_keys(self, mapping: dict, allowed: set, what: str):
+    def unknown_keys(self, mapping: dict, allowed: set, what: str, where: dict | None = None):
         for key in mapping:
             if key != LINE and key not in allowed:
                 close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 self.fail(
-                    mapping, f"unknown {what} {key!r}{hint}; allowed: {', '.join(sorted(allowed))}"
+                    where or mapping,
+                    f"unknown {what} {key!r}{hint}; allowed: {', '.join(sorted(allowed))}",
                 )
 
     def config(self, data: dict):
@@ -209,11 +210,12 @@ class _Validator:
     def params(self, where: dict, rule: str, params: dict):
         params = {k: v for k, v in params.items() if k != LINE}
         allowed = RULE_PARAMS[rule]
-        self.unknown_keys(params, set(allowed), f"parameter for rule {rule}")
+        self.unknown_keys(params, set(allowed), f"parameter for rule {rule}", where)
         for key, value in params.items():
             types = allowed[key]
             if float in types and self.is_number(value):
-                self.number(where, key, value)
+                if key not in ("low", "high"):  # bounds may be negative
+                    self.number(where, key, value)
             elif list in types and isinstance(value, list):
                 if not value or not all(self.is_number(v) for v in value):
                     self.fail(where, f"{key} must be a number or a list of numbers")

@@ -137,7 +137,7 @@ class Evaluation:
     def _targets(self, x: torch.Tensor) -> torch.Tensor:
         if self.target is not None:
             return torch.full((len(x),), self.target, dtype=torch.long, device=x.device)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the gradient baselines index with these
             return torch.cat([self.model.module(c).argmax(dim=1) for c in x.split(32)])
 
     def _curves(self, x, attribution, targets, order: str) -> torch.Tensor:

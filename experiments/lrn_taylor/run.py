@@ -57,12 +57,12 @@ class SmallCaffeNet(nn.Module):
 
     def __init__(self, classes: int = 10):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)
+        self.conv1 = nn.Conv2d(1, 16, 5, padding=2)
         self.norm1 = nn.LocalResponseNorm(**LRN)
-        self.conv2 = nn.Conv2d(32, 48, 5, padding=2)
+        self.conv2 = nn.Conv2d(16, 32, 5, padding=2)
         self.norm2 = nn.LocalResponseNorm(**LRN)
-        self.conv3 = nn.Conv2d(48, 64, 3, padding=1)
-        self.fc6 = nn.Linear(64 * 3 * 3, 128)
+        self.conv3 = nn.Conv2d(32, 48, 3, padding=1)
+        self.fc6 = nn.Linear(48 * 3 * 3, 128)
         self.drop6 = nn.Dropout(0.5)
         self.fc7 = nn.Linear(128, classes)
 
