@@ -8,7 +8,6 @@ BIN = $(VENV)/bin
 
 $(BIN)/lrp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(BIN)/lrp
 

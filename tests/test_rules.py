@@ -161,15 +161,16 @@ def test_epsilon_absorbs_relevance():
     assert 0 < kept < R.sum() or R.sum() < kept < 0
 
 
-def test_nonnegative_shortcut_is_exact():
-    """Skipping the negative-input terms after a ReLU changes no number."""
+def test_nonnegative_shortcut_agrees():
+    """Skipping the negative-input terms after a ReLU changes numbers only by rounding."""
     conv = nn.Conv2d(3, 4, 3).to(DT)
     op = make_linear_op(conv, None, DT, "cpu")
     a = torch.randn(2, 3, 7, 7, dtype=DT).relu()
     R = torch.randn(2, 4, 5, 5, dtype=DT)
     for name in ("gamma", "alpha2beta1", "zplus"):
         rule = RULES[name]()
-        assert torch.equal(_run(rule, op, a, R, nonnegative=True), _run(rule, op, a, R))
+        fast, full = _run(rule, op, a, R, nonnegative=True), _run(rule, op, a, R)
+        torch.testing.assert_close(fast, full, rtol=1e-12, atol=1e-15)
 
 
 def test_zero_bias_option_ignores_bias():

@@ -35,6 +35,12 @@ class LinearOp:
     def transpose(self, s: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
         raise NotImplementedError
 
+    def broadcast_bias(self, bias: Tensor, out: Tensor) -> Tensor:
+        """``bias`` shaped to add to an output like ``out`` (channels on dim 1, or last)."""
+        if out.dim() <= 2:
+            return bias
+        return bias.view((1, -1) + (1,) * (out.dim() - 2))
+
 
 @dataclass
 class ConvOp(LinearOp):
@@ -57,6 +63,9 @@ class ConvOp(LinearOp):
 class DenseOp(LinearOp):
     def forward(self, a, weight, bias):
         return F.linear(a, weight, bias)
+
+    def broadcast_bias(self, bias, out):
+        return bias  # features are the last dim
 
     def transpose(self, s, weight, input_shape):
         return s @ weight

@@ -49,6 +49,16 @@ class ParamMod:
             return torch.ones_like(p)
         raise ValueError(f"unknown parameter modifier {self.kind!r}")
 
+    def basis(self) -> tuple[float, float] | None:
+        """``(c, d)`` with ``mod(p) == c * p + d * p.clamp(min=0)``, or None if not linear so."""
+        return {
+            "identity": (1.0, 0.0),
+            "positive": (0.0, 1.0),
+            "negative": (1.0, -1.0),
+            "gamma+": (1.0, self.gamma),
+            "gamma-": (1.0 + self.gamma, -self.gamma),
+        }.get(self.kind)
+
 
 IDENTITY = ParamMod()
 POSITIVE = ParamMod("positive")
@@ -133,40 +143,88 @@ class LinearRule:
         """
         cache = {} if cache is None else cache
         sources = _Sources(a, nonnegative, bounds)
-        result = None
+        products = _Products(op, z, sources, cache)
+        signals: dict[tuple[str, ParamMod], Tensor] = {}
         for group in self.groups():
             terms = [t for t in group.terms if not sources.is_zero(t.source)]
-            den = self._denominator(op, terms, z, sources, cache)
-            if group.mask == "positive":
-                r_g = r * (z > 0)
-            elif group.mask == "negative":
-                r_g = r * (z < 0)
+            if not terms:
+                continue
+            if len(terms) == 1 and _is_plain(terms[0], op):
+                den = z  # the forward pass's own output: no second forward
             else:
-                r_g = r
-            s = _divide(r_g, den, self.stabilizer)
+                den = sum(t.sign * products.with_bias(t) for t in terms)
+            s = _divide(_masked(r, z, group.mask), den, self.stabilizer)
             for term in terms:
-                part = op.transpose(s, _weight(op, term.weight, cache), a.shape)
-                part = sources.get(term.source, batch=True) * part
                 coef = group.coefficient * term.sign
-                part = part if coef == 1 else coef * part
-                result = part if result is None else result + part
+                part = s if coef == 1 else coef * s
+                key = (term.source, term.weight)
+                signals[key] = part if key not in signals else signals[key] + part
+        result = None
+        for (source, mod), signal in signals.items():
+            part = sources.get(source) * op.transpose(signal, _weight(op, mod, cache), a.shape)
+            result = part if result is None else result + part
         return torch.zeros_like(a) if result is None else result
 
-    def _denominator(self, op, terms, z, sources, cache) -> Tensor:
-        if len(terms) == 1 and _is_plain(terms[0], op):
-            return z  # the forward pass's own output: no second forward
-        den = None
-        for term in terms:
-            bias = None
-            if term.bias is not None and op.bias is not None:
-                bias = _bias(op, term.bias, cache)
-            # Constant sources (ones, bounds) do not depend on the sample: batch of one.
-            out = op.forward(
-                sources.get(term.source, batch=False), _weight(op, term.weight, cache), bias
-            )
-            out = out if term.sign == 1 else term.sign * out
-            den = out if den is None else den + out
-        return den
+
+def _masked(r: Tensor, z: Tensor, mask: str | None) -> Tensor:
+    if mask == "positive":
+        return r * (z > 0)
+    if mask == "negative":
+        return r * (z < 0)
+    return r
+
+
+class _Products:
+    """``W' src`` for the terms of one call, each computed once.
+
+    Modifiers that are linear in ``(W, W+)`` (identity, clamps, gamma) are expanded on that
+    basis, and ``W a`` is the forward pass's own ``z - b``: after a ReLU, gamma and alpha-beta
+    need one extra forward (``W+ a``) instead of two.
+    """
+
+    def __init__(self, op: LinearOp, z: Tensor, sources: "_Sources", cache: dict):
+        self.op, self.z, self.sources, self.cache = op, z, sources, cache
+        self.memo: dict[tuple[str, ParamMod], Tensor] = {}
+
+    def with_bias(self, term: Term) -> Tensor:
+        out = self.product(term.source, term.weight)
+        if term.bias is not None and self.op.bias is not None:
+            out = out + self.op.broadcast_bias(_bias(self.op, term.bias, self.cache), out)
+        return out
+
+    def product(self, source: str, mod: ParamMod) -> Tensor:
+        source = self.sources.canonical(source)
+        basis = mod.basis()
+        if basis is None or source not in ("input", "positive", "negative"):
+            return self._direct(source, mod)
+        weight_part, positive_part = basis
+        out = 0
+        if weight_part:
+            out = out + weight_part * self._basis(source, IDENTITY)
+        if positive_part:
+            out = out + positive_part * self._basis(source, POSITIVE)
+        return out
+
+    def _basis(self, source: str, mod: ParamMod) -> Tensor:
+        key = (source, mod)
+        if key not in self.memo:
+            if mod == IDENTITY and source == "input":
+                bias = self.op.bias
+                value = self.z if bias is None else self.z - self.op.broadcast_bias(bias, self.z)
+            elif source == "negative" and ("positive", mod) in self.memo and mod == IDENTITY:
+                value = self._basis("input", mod) - self.memo[("positive", mod)]
+            else:
+                value = self._direct(source, mod)
+            self.memo[key] = value
+        return self.memo[key]
+
+    def _direct(self, source: str, mod: ParamMod) -> Tensor:
+        key = (source, mod)
+        if key not in self.memo:
+            # constant sources (ones, bounds) have a batch of one and broadcast
+            weight = _weight(self.op, mod, self.cache)
+            self.memo[key] = self.op.forward(self.sources.get(source), weight, None)
+        return self.memo[key]
 
 
 def _is_plain(term: Term, op: LinearOp) -> bool:
@@ -200,7 +258,10 @@ class _Sources:
     def is_zero(self, source: str) -> bool:
         return source == "negative" and self.nonnegative
 
-    def get(self, source: str, batch: bool) -> Tensor:
+    def canonical(self, source: str) -> str:
+        return "input" if source == "positive" and self.nonnegative else source
+
+    def get(self, source: str) -> Tensor:
         a = self.a
         if source == "input" or (source == "positive" and self.nonnegative):
             return a
