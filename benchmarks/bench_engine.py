@@ -85,6 +85,36 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _system_busy() -> float | None:
+    """CPU seconds spent busy by the whole machine since boot (all cores), from /proc/stat."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _others_busy(window: float = 1.0) -> float | None:
+    """Fraction of the machine's CPU capacity used by other processes over ``window`` s."""
+    busy, own = _system_busy(), _cpu_seconds()
+    if busy is None:
+        return None
+    time.sleep(window)
+    used = (_system_busy() - busy) - (_cpu_seconds() - own)
+    return max(used, 0.0) / (window * (os.cpu_count() or 1))
+
+
+def wait_for_quiet(limit_s: float, threshold: float = 0.1) -> float | None:
+    """Wait (at most ``limit_s``) until other processes use under ``threshold`` of the CPUs."""
+    deadline = time.monotonic() + limit_s
+    busy = _others_busy(0.5) if limit_s > 0 else None
+    while busy is not None and busy >= threshold and time.monotonic() < deadline:
+        busy = _others_busy(1.0)
+    return busy
+
+
 def _load_average() -> float | None:
     """The 1-minute load average: other work on the machine shows up here."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -248,14 +278,21 @@ def run_case(case: dict) -> dict:
         raise ValueError(f"unknown method {method!r}")
     setup_s = time.perf_counter() - setup_start
 
+    others: list[float] = []
+
     def timed() -> tuple[float, float, object]:
+        wait_for_quiet(case.get("quiet_wait", 0.0))
         if cuda:
             torch.cuda.synchronize(device)
-        cpu_start, start = _cpu_seconds(), time.perf_counter()
+        busy, cpu_start, start = _system_busy(), _cpu_seconds(), time.perf_counter()
         result = call()
         if cuda:
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start, _cpu_seconds() - cpu_start, result
+        elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+        if busy is not None:  # CPU used by other processes during this call, as a fraction
+            other = (_system_busy() - busy - cpu) / (elapsed * (os.cpu_count() or 1))
+            others.append(max(other, 0.0))
+        return elapsed, cpu, result
 
     warmup_times, times, cpu_times, result = [], [], [], None
     load_start = _load_average()
@@ -264,6 +301,7 @@ def run_case(case: dict) -> dict:
             result = None
             elapsed, _, result = timed()
             warmup_times.append(elapsed)
+        others.clear()
         for _ in range(case["runs"]):
             result = None  # free the previous result before the next call
             elapsed, cpu, result = timed()
@@ -286,13 +324,20 @@ def run_case(case: dict) -> dict:
         "cpu_times_s": cpu_times,
         "cpu_median_s": statistics.median(cpu_times),
         "load_average": [load_start, _load_average()],
+        "others_busy": others,  # per timed run: CPU share used by other processes
         "images_per_s": case["batch_size"] / median,
         "setup_s": setup_s,
         "result_finite": finite,
         "result_nonzero": nonzero,
         "threads_used": torch.get_num_threads(),
+        "lrp_cli_path": _lrp_cli_path(),
         **stats,
     }
+
+
+def _lrp_cli_path() -> str | None:
+    module = sys.modules.get("lrp_cli")
+    return str(Path(module.__file__).parent) if module is not None else None
 
 
 # ============================================================================ driver side
@@ -336,6 +381,7 @@ def machine_info(device: str, threads: int | None) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
+    info["engine_sha1"] = engine_fingerprint()
     try:
         root = Path(__file__).resolve().parent.parent
         commit = subprocess.run(
@@ -350,15 +396,44 @@ def machine_info(device: str, threads: int | None) -> dict:
             text=True,
             timeout=10,
         ).stdout.strip()
-        info["git_commit"] = commit + ("+dirty(lrp_cli)" if dirty else "")
+        info["git_commit"] = commit + ("+uncommitted changes in lrp_cli" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
     return info
 
 
-def _subprocess_case(case: dict, timeout: float | None) -> dict:
+def engine_fingerprint(package: Path | None = None) -> str:
+    """SHA-1 (12 digits) of the engine's sources: which engine version was measured."""
+    import hashlib
+
+    package = package or Path(__file__).resolve().parent.parent / "lrp_cli"
+    digest = hashlib.sha1()
+    for path in sorted((package / "engine").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def snapshot_package(folder: Path) -> Path:
+    """Copy ``lrp_cli`` (with its presets) to ``folder``: workers import this frozen copy.
+
+    Others may edit the engine while a long benchmark runs; the copy keeps every case on the
+    same code. ``PYTHONPATH`` comes before the editable install's finder.
+    """
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(root / "lrp_cli", folder / "lrp_cli", ignore=ignore)
+    if (root / "configs").is_dir() and not (folder / "lrp_cli" / "configs").exists():
+        shutil.copytree(root / "configs", folder / "lrp_cli" / "configs", ignore=ignore)
+    return folder
+
+
+def _subprocess_case(case: dict, timeout: float | None, snapshot: Path | None = None) -> dict:
     """Run one case in a fresh interpreter; returns its result or an ``error`` entry."""
     env = dict(os.environ)
+    if snapshot is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(snapshot), env.get("PYTHONPATH")]))
     if case.get("threads"):
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(case["threads"])
@@ -383,7 +458,7 @@ def print_table(results: list[dict], file=sys.stdout) -> None:
     header = (
         f"{'model':<19}{'method':<11}{'preset':<26}{'median s':>9}{'x grad':>7}{'cpu s':>8}"
         f"{'x grad':>7}{'img/s':>7}{'peak MiB':>9}{'x grad':>7}{'RSS MiB':>8}{'x grad':>7}"
-        f"{'load':>6}  target"
+        f"{'busy':>6}  target"
     )
     print(header, file=file)
     print("-" * len(header), file=file)
@@ -405,14 +480,14 @@ def print_table(results: list[dict], file=sys.stdout) -> None:
                 f"time {'met' if ok_time else 'MISSED'} (<={TARGETS.get(r['preset'], '-')}x), "
                 f"mem {'met' if ok_mem else 'MISSED'} (<={MEMORY_TARGET}x)"
             )
-        load = max((v for v in r.get("load_average", []) if v is not None), default=None)
+        busy = max(r.get("others_busy") or [None], key=lambda v: -1 if v is None else v)
         print(
             f"{r['model']:<19}{label:<11}{preset:<26}{r['median_s']:>9.3f}"
             f"{_fmt(r.get('time_ratio'), '.2f'):>7}{r['cpu_median_s']:>8.2f}"
             f"{_fmt(r.get('cpu_ratio'), '.2f'):>7}{r['images_per_s']:>7.2f}"
             f"{r['peak_mib']:>9.0f}{_fmt(r.get('memory_ratio'), '.2f'):>7}"
             f"{r['peak_total_mib']:>8.0f}{_fmt(r.get('total_memory_ratio'), '.2f'):>7}"
-            f"{_fmt(load, '.1f'):>6}  {verdict}",
+            f"{_fmt(busy, '.0%'):>6}  {verdict}",
             file=file,
         )
 
@@ -468,7 +543,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="measure the gradient once per model, not before and after",
     )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each call wait up to this many seconds until other processes use under\n"
+        "10%% of the CPUs (default 60; 0: do not wait)",
+    )
     p.add_argument("--timeout", type=float, default=None, help="seconds per case")
+    p.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="import lrp_cli from the tree in every case instead of a copy taken at the start",
+    )
     p.add_argument("--json", type=Path, default=None, help="write all results to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -509,6 +596,7 @@ def main(argv=None) -> int:
         "warmup": args.warmup,
         "device": args.device,
         "threads": args.threads,
+        "quiet_wait": 0.0 if args.device.startswith("cuda") else args.quiet_wait,
     }
     plan: list[dict] = []
     for model in args.models:
@@ -521,33 +609,45 @@ def main(argv=None) -> int:
             plan.append(
                 {**base, "model": model, "method": "gradient", "preset": None, "repeat": True}
             )
-    print(
-        f"# {info['cpu']}, {info['threads']} threads, torch {info['torch']}, "
-        f"zennit {info.get('zennit')}, device {args.device}, batch {args.batch_size}, "
-        f"{args.runs} runs after {args.warmup} warm-up; {len(plan)} cases",
-        file=sys.stderr,
-        flush=True,
+    summary = (
+        f"# {info['cpu']}, {info['cpu_count']} CPUs, {info['threads']} threads, torch "
+        f"{info['torch']}, zennit {info.get('zennit')}, device {args.device}, batch "
+        f"{args.batch_size}, {args.image_size}px, median of {args.runs} runs after "
+        f"{args.warmup} warm-up"
     )
-    results = []
-    started = time.perf_counter()
-    for index, case in enumerate(plan, 1):
-        result = _subprocess_case(case, args.timeout)
-        results.append(result)
-        shown = (
-            f"error: {result['error']}"
-            if "error" in result
-            else f"{result['median_s']:.3f} s, peak +{result['peak_mib']:.0f} MiB"
-        )
-        print(
-            f"[{index}/{len(plan)} {time.perf_counter() - started:6.0f}s] {case['model']} "
-            f"{case['method']} {case.get('preset') or ''}: {shown}",
-            file=sys.stderr,
-            flush=True,
-        )
+    print(f"{summary}; {len(plan)} cases", file=sys.stderr, flush=True)
+    snapshot = None
+    if not args.no_snapshot:
+        import tempfile
+
+        snapshot = snapshot_package(Path(tempfile.mkdtemp(prefix="lrp-bench-")))
+        info["engine_sha1"] = engine_fingerprint(snapshot / "lrp_cli")
+    try:
+        results = []
+        started = time.perf_counter()
+        for index, case in enumerate(plan, 1):
+            result = _subprocess_case(case, args.timeout, snapshot)
+            results.append(result)
+            shown = (
+                f"error: {result['error']}"
+                if "error" in result
+                else f"{result['median_s']:.3f} s, peak +{result['peak_mib']:.0f} MiB"
+            )
+            print(
+                f"[{index}/{len(plan)} {time.perf_counter() - started:6.0f}s] {case['model']} "
+                f"{case['method']} {case.get('preset') or ''}: {shown}",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        if snapshot is not None:
+            import shutil
+
+            shutil.rmtree(snapshot, ignore_errors=True)
     _add_ratios(results)
     info["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     info["total_s"] = time.perf_counter() - started
-    print()
+    print(f"\n{summary}; engine {info['engine_sha1']}, {info['date']}")
     print_table(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

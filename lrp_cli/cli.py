@@ -266,9 +266,9 @@ def _collect(inputs: tuple[str, ...], null: bool, exclude: Iterable[Path] = ()):
     """The input files; each spec that yields nothing is reported on stderr."""
     from .images import collect_inputs
 
-    stdin = click.get_text_stream("stdin")
-    items, problems = collect_inputs(list(inputs), stdin=stdin, null_separated=null,
-                                     exclude=list(exclude))  # fmt: skip
+    items, problems = collect_inputs(
+        list(inputs), stdin=sys.stdin, null_separated=null, exclude=list(exclude)
+    )
     for problem in problems:
         _say("error", problem)
     return items, problems

@@ -15,8 +15,9 @@ import os
 import re
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +121,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_target(model: LoadedModel, target: str | int | None) -> int | None:
+    """None for each input's top class (``top1``), else the class index (name or number)."""
+    if target is None or str(target).strip().lower() in ("", "top1"):
+        return None
+    return model.class_index(target)
+
+
 def build_explainer(
     model: LoadedModel, config: RuleConfig, device: str = "cpu", precision: str = "float32"
 ) -> tuple[Explainer, list[str]]:
@@ -184,12 +192,14 @@ def iter_batches(
 
 
 @dataclass
-class _Job:
-    """An input to explain and where its samples' outputs go (several for an (N,C,H,W) .npy)."""
+class _Entry:
+    """One input on its way through a run; inputs are reported in the order given."""
 
     item: InputItem
-    outputs: list[OutputPaths]
-    indexed: bool  # outputs named NAME.0.png, NAME.1.png...
+    outputs: list[OutputPaths] = field(default_factory=list)  # one per sample
+    indexed: bool = False  # outputs named NAME.0.png, NAME.1.png... (an (N,C,H,W) .npy)
+    rows: Any = None  # the decoded (n, C, H, W) input
+    records: list[dict[str, Any]] | None = None  # set once explained, failed or skipped
 
 
 class BatchExplainer:
@@ -201,6 +211,8 @@ class BatchExplainer:
     """
 
     def __init__(self, model: LoadedModel, config: RuleConfig, options: ExplainOptions) -> None:
+        import torch
+
         if options.batch_size < 1:
             raise SetupError(f"batch size must be at least 1, got {options.batch_size}")
         if options.existing not in EXISTING:
@@ -209,17 +221,15 @@ class BatchExplainer:
             raise SetupError(f"--vmax must be a positive number, got {options.vmax}")
         if not 0.0 <= options.alpha <= 1.0:
             raise SetupError(f"--alpha must be between 0 and 1, got {options.alpha}")
-        import torch
-
         self.model = model
         self.config = config
         self.options = options
         self.target = resolve_target(model, options.target)
         self.device = resolve_device(options.device)
+        self.dtype = getattr(torch, options.precision, None)
         self.explainer, self.warnings = build_explainer(
             model, config, self.device.type, options.precision
         )
-        self.dtype = getattr(torch, options.precision)
         self.out_dir = Path(options.out_dir)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,6 +239,7 @@ class BatchExplainer:
                 "choose another one with --out"
             ) from None
         _remove_stale_temporaries(self.out_dir)
+        self._claimed: set[str] = set()
 
     # ---------------------------------------------------------------------------- public
     def run(
@@ -236,12 +247,13 @@ class BatchExplainer:
         items: Sequence[InputItem],
         on_item: Callable[[list[dict[str, Any]]], bool | None] | None = None,
     ) -> Summary:
-        """Explain ``items``; ``on_item(records)`` is called once per input with its records.
+        """Explain ``items``; ``on_item(records)`` is called once per input, in input order.
 
         ``on_item`` returning False stops the run (the reader of the records went away).
         Ctrl-C stops it too: finished outputs stay, the summary says it was interrupted.
         """
         summary = Summary(inputs=len(items))
+        self._claimed = set()  # output paths of this run, to catch two inputs sharing one
 
         def report(records: list[dict[str, Any]]) -> None:
             status = {r["status"] for r in records}
@@ -256,8 +268,7 @@ class BatchExplainer:
                 raise _Stop
 
         try:
-            jobs = self._plan(items, report)
-            self._explain(jobs, report)
+            self._explain([self._plan(item) for item in items], report)
         except KeyboardInterrupt:
             summary.interrupted = True
         except _Stop:
@@ -265,42 +276,39 @@ class BatchExplainer:
         return summary
 
     # ---------------------------------------------------------------------------- planning
-    def _plan(self, items: Sequence[InputItem], report) -> list[_Job]:
-        """Name every input's outputs; report the ones to skip or refuse before any decoding."""
-        jobs, claimed = [], set()
-        for item in items:
-            try:
-                job = self._job(item)
-            except OutputError as error:
-                report([self._record(item, error=str(error))])
-                continue
-            paths = [p for o in job.outputs for p in self._files(o)]
-            existing = [p for p in paths if p.exists()]
-            clash = next((p for p in paths if _key(p) in claimed), None)
-            if self.options.existing == "skip" and existing and len(existing) == len(paths):
-                report([self._record(item, o, k, job.indexed, status="skipped") for k, o in
-                        enumerate(job.outputs)])  # fmt: skip
-            elif clash is not None:
-                report([self._record(item, error=str(ImageError(
-                    item.path, f"its output {clash} is also the output of another input",
-                    "rename one of the two inputs")))])  # fmt: skip
-            elif existing and self.options.existing == "error":
-                report([self._record(item, error=str(ImageError(
-                    item.path, f"output {existing[0]} already exists",
-                    "pass --overwrite to replace it or --skip-existing to keep it")))])  # fmt: skip
-            else:
-                claimed.update(_key(p) for p in paths)
-                jobs.append(job)
-        return jobs
+    def _plan(self, item: InputItem) -> _Entry:
+        """Name an input's outputs; settle it at once if it is to be skipped or refused."""
+        entry = _Entry(item)
+        try:
+            samples = _npy_samples(item.path) if item.path.suffix.lower() == ".npy" else None
+            entry.indexed = samples is not None
+            entry.outputs = self._outputs(item, samples)
+        except OutputError as error:
+            entry.records = [self._record(entry, error=str(error))]
+            return entry
+        paths = [p for o in entry.outputs for p in self._files(o)]
+        existing = [p for p in paths if p.exists()]
+        clash = next((p for p in paths if _key(p) in self._claimed), None)
+        if self.options.existing == "skip" and existing and len(existing) == len(paths):
+            entry.records = [
+                self._record(entry, k, status="skipped") for k in range(len(entry.outputs))
+            ]
+        elif clash is not None:
+            problem = f"its output {clash} is also the output of another input"
+            entry.records = [self._failed(entry, problem, "rename one of the two inputs")]
+        elif existing and self.options.existing == "error":
+            problem = f"output {existing[0]} already exists"
+            advice = "pass --overwrite to replace it or --skip-existing to keep it"
+            entry.records = [self._failed(entry, problem, advice)]
+        else:
+            self._claimed.update(_key(p) for p in paths)
+        return entry
 
-    def _job(self, item: InputItem) -> _Job:
-        samples = _npy_samples(item.path) if item.path.suffix.lower() == ".npy" else None
-        if samples is None:
-            return _Job(item, [output_paths(self.out_dir, item.relative)], indexed=False)
-        return _Job(item, self._indexed_outputs(item, samples), indexed=True)
-
-    def _indexed_outputs(self, item: InputItem, samples: int) -> list[OutputPaths]:
+    def _outputs(self, item: InputItem, samples: int | None) -> list[OutputPaths]:
+        """``OUT/NAME.*``, or ``OUT/NAME.K.*`` for each sample of an (N, C, H, W) ``.npy``."""
         relative = item.relative
+        if samples is None:
+            return [output_paths(self.out_dir, relative)]
         return [
             output_paths(self.out_dir, relative.with_name(f"{relative.stem}.{k}{relative.suffix}"))
             for k in range(samples)
@@ -311,44 +319,61 @@ class BatchExplainer:
         return files + [paths.overlay] if self.options.overlay else files
 
     # ---------------------------------------------------------------------------- explaining
-    def _explain(self, jobs: list[_Job], report) -> None:
-        """Decode in workers, regroup the inputs that loaded into full batches, explain them."""
-        size = self.options.batch_size
-        pending: list[tuple[_Job, Any]] = []
+    def _explain(self, entries: list[_Entry], report) -> None:
+        """Decode in workers; explain the inputs that loaded, in full batches, in order."""
+        todo = [e for e in entries if e.records is None]
+        waiting = deque(entries)
+        pending: list[_Entry] = []  # up to the last decoded input, in input order
         batches = iter_batches(
-            [job.item for job in jobs],
+            [e.item for e in todo],
             self.model,
-            size,
+            self.options.batch_size,
             max_pixels=self.options.max_pixels,
             workers=self.options.workers,
             pin_memory=self.device.type == "cuda",
         )
         for batch in batches:
-            errors = dict(batch["errors"])
-            rows = iter(batch["inputs"].split(batch["counts"]) if batch["counts"] else ())
-            for index in sorted([*errors, *batch["index"]]):
-                if index in errors:
-                    report([self._record(jobs[index].item, error=errors[index])])
-                    continue
-                pending.append((jobs[index], next(rows)))
-                while sum(len(x) for _, x in pending) >= size:
-                    cut = _cut(pending, size)
-                    self._explain_group(pending[:cut], report)
-                    del pending[:cut]
-        if pending:
-            self._explain_group(pending, report)
+            for index, message in batch["errors"]:
+                todo[index].records = [self._record(todo[index], error=message)]
+            if batch["counts"]:
+                parts = batch["inputs"].split(batch["counts"])
+                for index, rows in zip(batch["index"], parts, strict=True):
+                    todo[index].rows = rows
+            last = todo[max([*batch["index"], *(i for i, _ in batch["errors"])])]
+            while not pending or pending[-1] is not last:
+                pending.append(waiting.popleft())
+            self._settle(pending, report, final=False)
+        pending.extend(waiting)
+        self._settle(pending, report, final=True)
 
-    def _explain_group(self, group: list[tuple[_Job, Any]], report) -> None:
+    def _settle(self, pending: list[_Entry], report, final: bool) -> None:
+        """Report settled inputs from the front; explain a batch whenever one is full."""
+        while pending:
+            if pending[0].records is not None:
+                report(pending.pop(0).records)
+                continue
+            group, rows = [], 0
+            for entry in pending:
+                if entry.records is None:
+                    group.append(entry)
+                    rows += len(entry.rows)
+                    if rows >= self.options.batch_size:
+                        break
+            if rows < self.options.batch_size and not final:
+                return
+            self._explain_group(group)
+
+    def _explain_group(self, group: list[_Entry]) -> None:
+        """Explain a batch and write its outputs; every entry gets its records."""
         import torch
 
-        x = torch.cat([rows for _, rows in group]).to(self.device, self.dtype, non_blocking=True)
+        x = torch.cat([e.rows for e in group]).to(self.device, self.dtype, non_blocking=True)
         start = time.perf_counter()
         try:
             result = self.explainer(x, self.target)
         except Exception as error:  # the engine failed on this batch: its inputs fail, not the run
-            for job, _ in group:
-                problem = f"explaining failed: {_reason(error)}"
-                report([self._record(job.item, error=str(ImageError(job.item.path, problem)))])
+            for entry in group:
+                entry.records = [self._failed(entry, f"explaining failed: {_reason(error)}")]
             return
         maps = result.relevance.sum(dim=1).float().cpu().numpy()
         logits = result.logits.detach().double().cpu()
@@ -356,19 +381,18 @@ class BatchExplainer:
         targets = result.targets.cpu().tolist()
         share = (time.perf_counter() - start) / len(x)
         row = 0
-        for job, rows in group:
-            outputs = job.outputs
-            if job.indexed and len(outputs) != len(rows):  # the file changed since planning
-                outputs = self._indexed_outputs(job.item, len(rows))
-            records = []
-            for k in range(len(rows)):
+        for entry in group:
+            if len(entry.outputs) != len(entry.rows):  # the .npy file changed since planning
+                entry.outputs = self._outputs(entry.item, len(entry.rows))
+            entry.records = []
+            for k, sample in enumerate(entry.rows):
                 i = row + k
                 scores = (logits[i], probabilities[i], targets[i])
-                records.append(self._finish(job, k, outputs[k], maps[i], rows[k], scores, share))
-            row += len(rows)
-            report(records)
+                entry.records.append(self._finish(entry, k, maps[i], sample, scores, share))
+            row += len(entry.rows)
+            entry.rows = None
 
-    def _finish(self, job: _Job, k: int, paths: OutputPaths, relevance, x, scores, share):
+    def _finish(self, entry: _Entry, k: int, relevance, x, scores, share: float):
         """Check one sample's result, write its files, return its record."""
         logits, probabilities, target = scores
         start = time.perf_counter()
@@ -385,18 +409,17 @@ class BatchExplainer:
             problem = degenerate_reason(relevance)
             advice = "no heatmap was written; try another --config or --target"
         if problem is not None:
-            error = str(ImageError(_sample_name(job, k), problem, advice))
-            return self._record(job.item, paths, k, job.indexed, error=error, **fields)
+            return self._record(entry, k, error=_message(entry, k, problem, advice), **fields)
         relevance = np.ascontiguousarray(relevance, dtype=np.float32)
         vmax = color_limit(relevance, vmax=self.options.vmax)
         try:
-            self._write(paths, relevance, x, vmax)
+            self._write(entry.outputs[k], relevance, x, vmax)
         except OutputError as error:
-            return self._record(job.item, paths, k, job.indexed, error=str(error), **fields)
+            return self._record(entry, k, error=str(error), **fields)
+        seconds = round(share + time.perf_counter() - start, 6)
         return self._record(
-            job.item, paths, k, job.indexed, status="explained", **fields,
-            relevance_sum=float(relevance.sum(dtype=np.float64)), vmax=vmax,
-            seconds=round(share + time.perf_counter() - start, 6),
+            entry, k, status="explained", relevance_sum=float(relevance.sum(dtype=np.float64)),
+            vmax=vmax, seconds=seconds, **fields,
         )  # fmt: skip
 
     def _write(self, paths: OutputPaths, relevance: np.ndarray, x, vmax: float) -> None:
@@ -416,12 +439,13 @@ class BatchExplainer:
                 path.unlink(missing_ok=True)
             raise
 
+    def _failed(self, entry: _Entry, problem: str, advice: str = "") -> dict[str, Any]:
+        return self._record(entry, error=str(ImageError(entry.item.path, problem, advice)))
+
     def _record(
         self,
-        item: InputItem,
-        paths: OutputPaths | None = None,
+        entry: _Entry,
         sample: int | None = None,
-        indexed: bool = False,
         *,
         status: str = "failed",
         error: str | None = None,
@@ -429,15 +453,16 @@ class BatchExplainer:
     ) -> dict[str, Any]:
         """One JSON-lines record; every record has the same keys, null where unknown."""
         outputs = None
-        if paths is not None:
+        if sample is not None:
+            paths = entry.outputs[sample]
             outputs = {
                 "heatmap": str(paths.heatmap),
                 "relevance": str(paths.relevance),
                 "overlay": str(paths.overlay) if self.options.overlay else None,
             }
         return {
-            "input": str(item.path),
-            "sample": sample if indexed else None,
+            "input": str(entry.item.path),
+            "sample": sample if entry.indexed else None,
             "status": status,
             "error": error,
             "outputs": outputs,
@@ -466,13 +491,6 @@ class _Stop(Exception):
     """The records' reader went away: stop quietly."""
 
 
-def resolve_target(model: LoadedModel, target: str | int | None) -> int | None:
-    """None for each input's top class (``top1``), else the class index (name or number)."""
-    if target is None or str(target).strip().lower() in ("", "top1"):
-        return None
-    return model.class_index(target)
-
-
 def _npy_samples(path: Path) -> int | None:
     """Samples in an (N, C, H, W) ``.npy``, from its header only; None for anything else."""
     try:
@@ -482,18 +500,10 @@ def _npy_samples(path: Path) -> int | None:
     return int(array.shape[0]) if array.ndim == 4 and array.shape[0] > 0 else None
 
 
-def _cut(pending: list[tuple[_Job, Any]], size: int) -> int:
-    """How many pending inputs make the next batch: whole inputs, at least ``size`` rows."""
-    rows = 0
-    for count, (_, x) in enumerate(pending, start=1):
-        rows += len(x)
-        if rows >= size:
-            return count
-    return len(pending)
-
-
-def _sample_name(job: _Job, k: int) -> str:
-    return f"{job.item.path}[{k}]" if job.indexed else str(job.item.path)
+def _message(entry: _Entry, k: int, problem: str, advice: str) -> str:
+    """A one-line problem of one sample: ``x.npy[2]: ...`` for a sample of a stack."""
+    name = f"{entry.item.path}[{k}]" if entry.indexed else entry.item.path
+    return str(ImageError(name, problem, advice))
 
 
 def _key(path: Path) -> str:

@@ -36,7 +36,7 @@ from lrp_cli.engine import AlphaBetaRule, Composite, EpsilonRule, Explainer, LRN
 from lrp_cli.evaluate import area_under_curve, region_perturbation_curve, summarize
 
 HERE = Path(__file__).resolve().parent
-SEED = 0
+SEED = 0  # default seed of initialisation, training order and noise; the split is fixed
 SIZE = 32  # images are upscaled from 8x8 to SIZE x SIZE
 REGION = 4  # 4x4 regions: one original 8x8 digit pixel each, 64 regions in all
 STEPS = 64  # perturb every region (the curve ends at an image of pure noise)
@@ -45,11 +45,21 @@ EARLY_STEPS = 10  # secondary summary: the first 10 regions (~16% of the image, 
 # CaffeNet's LRN parameters (Caffe's alpha is divided by local_size, as PyTorch's is)
 LRN = dict(size=5, alpha=1e-4, beta=0.75, k=1.0)
 PAPER = {  # Binder et al. 2016, Table 3: AUC_Taylor - AUC_identity (lrp-notes section 4)
-    "ImageNet": {"eps=0.01": -26.84, "eps=1": -35.84, "eps=100": 8.47, "beta=0": 1.98,
-                 "beta=1": 0.29},
-    "MIT Places": {"eps=0.01": -24.59, "eps=1": -33.13, "eps=100": 5.34, "beta=0": -1.06,
-                   "beta=1": -0.39},
-}  # fmt: skip
+    "ImageNet": {
+        "eps=0.01": -26.84,
+        "eps=1": -35.84,
+        "eps=100": 8.47,
+        "beta=0": 1.98,
+        "beta=1": 0.29,
+    },
+    "MIT Places": {
+        "eps=0.01": -24.59,
+        "eps=1": -33.13,
+        "eps=100": 5.34,
+        "beta=0": -1.06,
+        "beta=1": -0.39,
+    },
+}
 
 
 class SmallCaffeNet(nn.Module):
@@ -86,18 +96,17 @@ def load_data():
     labels = torch.tensor(digits.target, dtype=torch.long)
     idx = np.arange(len(labels))
     train_idx, test_idx = train_test_split(
-        idx, test_size=0.25, random_state=SEED, stratify=digits.target
+        idx, test_size=0.25, random_state=0, stratify=digits.target
     )
     train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
     mean = float(images[train_idx].mean())
     images = images - mean
     bounds = (0.0 - mean, 255.0 - mean)
-    return (images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], mean,
-            bounds)  # fmt: skip
+    return (images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], mean, bounds)
 
 
-def train(model, x, y, epochs: int, log) -> None:
-    gen = torch.Generator().manual_seed(SEED)
+def train(model, x, y, epochs: int, seed: int, log) -> None:
+    gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     for epoch in range(epochs):
@@ -158,12 +167,20 @@ def paired_stats(diff: torch.Tensor, resamples: int, seed: int) -> dict:
     }
 
 
-def curve_of(model, x, heat, target, bounds, order="morf"):
+def curve_of(model, x, heat, target, bounds, seed, order="morf"):
     return region_perturbation_curve(
-        model, x, heat, target, region=REGION, steps=STEPS, perturbation="uniform",
-        order=order, batch_size=520, generator=torch.Generator().manual_seed(SEED + 1),
+        model,
+        x,
+        heat,
+        target,
+        region=REGION,
+        steps=STEPS,
+        perturbation="uniform",
+        order=order,
+        batch_size=520,
+        generator=torch.Generator().manual_seed(seed + 1),
         bounds=bounds,
-    )  # fmt: skip
+    )
 
 
 def early_auc(curves: torch.Tensor) -> torch.Tensor:
@@ -180,7 +197,8 @@ def write_table(path: Path, res: dict) -> str:
         "# LRN: identity vs Taylor, region perturbation (MoRF)",
         "",
         f"SmallCaffeNet on sklearn digits ({SIZE}x{SIZE}), test accuracy "
-        f"{res['test_accuracy'] * 100:.2f}% on {n} test images; target: the true class; "
+        f"{res['test_accuracy'] * 100:.2f}% on {n} test images (seed {res['protocol']['seed']}); "
+        "target: the true class; "
         f"score: the target logit (mean unperturbed logit {res['mean_logit_x0']:.2f}).",
         f"AUC: trapezoid area under the mean-logit MoRF curve on a 0..1 axis over all "
         f"{STEPS} steps of {REGION}x{REGION} regions (smaller = more faithful). "
@@ -230,8 +248,9 @@ def plot(path: Path, res: dict) -> None:
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("mean target logit")
     axes[0].legend(fontsize=7, loc="upper right")
-    fig.suptitle("MoRF region perturbation, uniform noise (SmallCaffeNet, sklearn digits)",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "MoRF region perturbation, uniform noise (SmallCaffeNet, sklearn digits)", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, format="png")
 
@@ -240,35 +259,56 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, 40 images")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 20)")
-    parser.add_argument("--images", type=int, default=None,
-                        help="test images to explain (default: all 450)")  # fmt: skip
+    parser.add_argument(
+        "--images", type=int, default=None, help="test images to explain (default: all 450)"
+    )
     parser.add_argument("--bootstrap", type=int, default=5000, help="bootstrap resamples")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default results/, results/quick/ with --quick)")  # fmt: skip
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=SEED,
+        help="seed of initialisation, training and noise (default 0)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default results/, results/quick/ with --quick)",
+    )
     args = parser.parse_args(argv)
     epochs = args.epochs or (2 if args.quick else 20)
-    out = args.out or (HERE / "results" / "quick" if args.quick else HERE / "results")
+    seed = args.seed
+    default_out = HERE / "results" if seed == SEED else HERE / "results" / f"seed{seed}"
+    out = args.out or (default_out / "quick" if args.quick else default_out)
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    torch.manual_seed(SEED)
-    np.random.seed(SEED)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    lines = []
 
     def log(msg):
-        print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
+        line = f"[{time.perf_counter() - t0:6.1f}s] {msg}"
+        lines.append(line)
+        print(line, flush=True)
 
     x_train, y_train, x_test, y_test, mean, bounds = load_data()
-    log(f"data: {len(y_train)} train / {len(y_test)} test images, 1x{SIZE}x{SIZE}, "
-        f"mean pixel {mean:.2f}, input range [{bounds[0]:.2f}, {bounds[1]:.2f}]")  # fmt: skip
+    log(
+        f"data: {len(y_train)} train / {len(y_test)} test images, 1x{SIZE}x{SIZE}, "
+        f"mean pixel {mean:.2f}, input range [{bounds[0]:.2f}, {bounds[1]:.2f}]"
+    )
     model = SmallCaffeNet()
     log(f"training {epochs} epochs (Adam 1e-3, batch 64)")
-    train(model, x_train, y_train, epochs, log)
+    train(model, x_train, y_train, epochs, seed, log)
     t_train = time.perf_counter() - t0
     with torch.no_grad():
         pred = model(x_test).argmax(1)
     accuracy = float((pred == y_test).float().mean())
-    log(f"test accuracy {accuracy * 100:.2f}% ({int((pred != y_test).sum())} errors "
-        f"of {len(y_test)})")  # fmt: skip
+    log(
+        f"test accuracy {accuracy * 100:.2f}% ({int((pred != y_test).sum())} errors "
+        f"of {len(y_test)})"
+    )
 
     n = len(y_test) if args.images is None else min(args.images, len(y_test))
     if args.quick and args.images is None:
@@ -276,14 +316,16 @@ def main(argv=None) -> int:
     x, target = x_test[:n], y_test[:n]
     strength = lrn_strength(model, x)
     for name, s in strength.items():
-        log(f"{name}: y/x = s^-beta mean {s['mean_factor']:.3f}, 5% quantile "
-            f"{s['p5_factor']:.3f}, min {s['min_factor']:.3f}")  # fmt: skip
+        log(
+            f"{name}: y/x = s^-beta mean {s['mean_factor']:.3f}, 5% quantile "
+            f"{s['p5_factor']:.3f}, min {s['min_factor']:.3f}"
+        )
 
     model64 = SmallCaffeNet().double().eval()
     model64.load_state_dict(model.state_dict())
     t_explain = t_curves = 0.0
     t = time.perf_counter()
-    random_curves = curve_of(model, x, None, target, bounds, order="random")
+    random_curves = curve_of(model, x, None, target, bounds, seed, order="random")
     t_curves += time.perf_counter() - t
     x0 = random_curves[:, 0]
     results = {"columns": []}
@@ -298,24 +340,27 @@ def main(argv=None) -> int:
             if not torch.isfinite(heats[mode]).all():
                 raise RuntimeError(f"{label} {mode}: non-finite relevance")
             t = time.perf_counter()
-            curves[mode] = curve_of(model, x, heats[mode], target, bounds)
+            curves[mode] = curve_of(model, x, heats[mode], target, bounds, seed)
             t_curves += time.perf_counter() - t
         auc = {m: area_under_curve(c.double()) for m, c in curves.items()}
         early = {m: early_auc(c.double()) for m, c in curves.items()}
         diff = auc["taylor"] - auc["identity"]
         hi, ht = heats["identity"].flatten(1), heats["taylor"].flatten(1)
         corr = F.cosine_similarity(hi - hi.mean(1, keepdim=True), ht - ht.mean(1, keepdim=True))
-        summ = {m: summarize(f"{label} {m}", "morf", c, [f"test[{i}]" for i in range(n)])
-                for m, c in curves.items()}  # fmt: skip
+        summ = {
+            m: summarize(f"{label} {m}", "morf", c, [f"test[{i}]" for i in range(n)])
+            for m, c in curves.items()
+        }
         col = {
             "column": label,
             "rule": rule.describe(),
             "lrn_taylor": taylor.describe(),
             "auc_identity": float(auc["identity"].mean()),
             "auc_taylor": float(auc["taylor"].mean()),
-            "diff": paired_stats(diff, args.bootstrap, SEED + 2),
-            "diff_early": paired_stats(early["taylor"] - early["identity"], args.bootstrap,
-                                       SEED + 3),  # fmt: skip
+            "diff": paired_stats(diff, args.bootstrap, seed + 2),
+            "diff_early": paired_stats(
+                early["taylor"] - early["identity"], args.bootstrap, seed + 3
+            ),
             "taylor_better_images": int((diff < 0).sum()),
             "identical_images": int((diff == 0).sum()),
             "aopc_identity": summ["identity"].aopc,
@@ -326,11 +371,14 @@ def main(argv=None) -> int:
             "curve_taylor": summ["taylor"].curve,
         }
         results["columns"].append(col)
-        per_image[label] = {m: auc[m].tolist() for m in auc}
+        per_image[label] = {m: [round(v, 5) for v in auc[m].tolist()] for m in auc}
         d = col["diff"]
-        log(f"{label:9s} AUC identity {col['auc_identity']:8.2f}  Taylor {col['auc_taylor']:8.2f}"
+        log(
+            f"{label:9s} AUC identity {col['auc_identity']:8.2f}  Taylor {col['auc_taylor']:8.2f}"
             f"  diff {d['mean']:+8.3f} +- {d['se']:.3f}  (Taylor better on "
-            f"{col['taylor_better_images']}/{n}; heatmap corr {col['heatmap_correlation_mean']:.3f})")  # fmt: skip
+            f"{col['taylor_better_images']}/{n}; "
+            f"heatmap corr {col['heatmap_correlation_mean']:.3f})"
+        )
     rnd = summarize("random", "random", random_curves, [f"test[{i}]" for i in range(n)])
     results["random"] = {
         "auc": rnd.auc,
@@ -349,30 +397,48 @@ def main(argv=None) -> int:
         "score": "logit",
         "mean_logit_x0": float(x0.mean()),
         "protocol": {
-            "image_size": SIZE, "channels": 1, "region": REGION, "steps": STEPS,
-            "early_steps": EARLY_STEPS, "perturbation": "uniform", "order": "morf",
-            "bounds": list(bounds), "noise_seed": SEED + 1, "auc": "trapezoid on 0..1",
+            "image_size": SIZE,
+            "channels": 1,
+            "region": REGION,
+            "steps": STEPS,
+            "early_steps": EARLY_STEPS,
+            "perturbation": "uniform",
+            "order": "morf",
+            "bounds": list(bounds),
+            "seed": seed,
+            "noise_seed": seed + 1,
+            "auc": "trapezoid on 0..1",
             "bootstrap_resamples": args.bootstrap,
-        },  # fmt: skip
-        "model": {"name": "SmallCaffeNet", "lrn": LRN, "epochs": epochs,
-                  "parameters": sum(p.numel() for p in model.parameters())},  # fmt: skip
+        },
+        "model": {
+            "name": "SmallCaffeNet",
+            "lrn": LRN,
+            "epochs": epochs,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
         "lrn_strength": strength,
         "columns": results["columns"],
         "random": results["random"],
         "paper_table3": PAPER,
         "per_image_auc": per_image,
-        "timing_s": {"total": elapsed, "train": t_train, "explain": t_explain,
-                     "curves": t_curves},  # fmt: skip
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "machine": platform.machine()},  # fmt: skip
+        "timing_s": {"total": elapsed, "train": t_train, "explain": t_explain, "curves": t_curves},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        },
     }
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     table = write_table(out / "table.md", res)
     plot(out / "curves.png", res)
     print()
     print(table)
-    log(f"done in {elapsed:.1f}s (train {t_train:.1f}s, explain {t_explain:.1f}s, "
-        f"curves {t_curves:.1f}s); results in {out}")  # fmt: skip
+    log(
+        f"done in {elapsed:.1f}s (train {t_train:.1f}s, explain {t_explain:.1f}s, "
+        f"curves {t_curves:.1f}s); results in {out}"
+    )
+    (out / "run.log").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0
 
 

@@ -182,7 +182,7 @@ class _Products:
     need one extra forward (``W+ a``) instead of two.
     """
 
-    def __init__(self, op: LinearOp, z: Tensor, sources: "_Sources", cache: dict):
+    def __init__(self, op: LinearOp, z: Tensor, sources: _Sources, cache: dict):
         self.op, self.z, self.sources, self.cache = op, z, sources, cache
         self.memo: dict[tuple[str, ParamMod], Tensor] = {}
 
