@@ -195,6 +195,7 @@ def test_zero_bias_option_ignores_bias():
         (lambda: ZBoxRule(low=0.0), "both"),
         (lambda: GammaRule(gamma="big"), "number"),
         (lambda: FlatRule(float("nan")), "finite"),
+        (lambda: EpsilonRule(0.1, 1.0), "zero_bias"),
     ],
 )
 def test_rule_parameters_are_validated(make, message):

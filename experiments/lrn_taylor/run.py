@@ -41,7 +41,7 @@ SIZE = 32  # images are upscaled from 8x8 to SIZE x SIZE
 REGION = 4  # 4x4 regions: one original 8x8 digit pixel each, 64 regions in all
 STEPS = 64  # perturb every region (the curve ends at an image of pure noise)
 EARLY_STEPS = 10  # secondary summary: the first 10 regions (~16% of the image, as L=100 9x9
-# regions cover at most ~16% of a 227x227 image in the paper); fixed before any run
+# regions, the customary protocol, cover at most ~16% of a 227x227 image); fixed in advance
 # CaffeNet's LRN parameters (Caffe's alpha is divided by local_size, as PyTorch's is)
 LRN = dict(size=5, alpha=1e-4, beta=0.75, k=1.0)
 PAPER = {  # Binder et al. 2016, Table 3: AUC_Taylor - AUC_identity (lrp-notes section 4)
@@ -129,7 +129,7 @@ def columns():
     for eps in (0.01, 1.0, 100.0):
         out.append((f"eps={eps:g}", EpsilonRule(eps), LRNRule("taylor", epsilon=eps)))
     for beta in (0.0, 1.0):
-        rule = AlphaBetaRule(alpha=1.0 + beta, beta=beta)  # keywords: see README caveats
+        rule = AlphaBetaRule(alpha=1.0 + beta, beta=beta)
         out.append((f"beta={beta:g}", rule, LRNRule("taylor", beta=beta)))
     return out
 

@@ -139,6 +139,8 @@ def _exact_type(module: nn.Module, types: tuple) -> bool:
 
 def build_plan(model: nn.Module) -> Plan:
     """Trace ``model`` and classify every node; raises UnsupportedModelError where needed."""
+    if _exact_type(model, LINEAR_MODULES):  # a bare layer would trace into F.linear/conv
+        model = nn.Sequential(model)
     gm = trace(model)
     modules = dict(gm.named_modules())
     steps: dict[fx.Node, Step] = {}

@@ -122,6 +122,11 @@ class LinearRule:
         shown = ", ".join(f"{k}={v}" for k, v in self.params().items() if v is not False)
         return f"{self.name}({shown})"
 
+    def __post_init__(self):
+        if not isinstance(self.zero_bias, bool):
+            raise ValueError(f"zero_bias must be true or false, got {self.zero_bias!r}")
+        self.stabilizer = _check_number("stabilizer", self.stabilizer)
+
     def _bias(self, mod: ParamMod | None) -> ParamMod | None:
         return None if self.zero_bias else mod
 
@@ -300,6 +305,7 @@ class EpsilonRule(LinearRule):
 
     def __post_init__(self):
         self.stabilizer = _check_number("epsilon", self.stabilizer)
+        super().__post_init__()
 
     def params(self):
         return {"epsilon": self.stabilizer, "zero_bias": self.zero_bias}
@@ -329,7 +335,7 @@ class GammaRule(LinearRule):
 
     def __post_init__(self):
         self.gamma = _check_number("gamma", self.gamma)
-        self.stabilizer = _check_number("stabilizer", self.stabilizer)
+        super().__post_init__()
 
     def params(self):
         return {"gamma": self.gamma, **super().params()}
@@ -361,7 +367,7 @@ class AlphaBetaRule(LinearRule):
     def __post_init__(self):
         self.alpha = _check_number("alpha", self.alpha)
         self.beta = _check_number("beta", self.beta)
-        self.stabilizer = _check_number("stabilizer", self.stabilizer)
+        super().__post_init__()
         if abs(self.alpha - self.beta - 1) > 1e-12:
             raise ValueError(f"alpha - beta must be 1, got alpha={self.alpha}, beta={self.beta}")
 
@@ -417,7 +423,7 @@ class ZBoxRule(LinearRule):
     zero_bias: bool = False
 
     def __post_init__(self):
-        self.stabilizer = _check_number("stabilizer", self.stabilizer)
+        super().__post_init__()
         if (self.low is None) != (self.high is None):
             raise ValueError("zbox needs both low and high, or neither")
 
@@ -453,9 +459,6 @@ class WSquareRule(LinearRule):
     stabilizer: float = 1e-6
     zero_bias: bool = False
 
-    def __post_init__(self):
-        self.stabilizer = _check_number("stabilizer", self.stabilizer)
-
     def groups(self):
         square = ParamMod("square")
         return (Group((Term("ones", square, self._bias(square)),)),)
@@ -467,9 +470,6 @@ class FlatRule(LinearRule):
 
     name: str = field(init=False, default="flat")
     stabilizer: float = 1e-6
-
-    def __post_init__(self):
-        self.stabilizer = _check_number("stabilizer", self.stabilizer)
 
     def groups(self):
         return (Group((Term("ones", ParamMod("ones"), None),)),)
