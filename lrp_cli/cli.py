@@ -32,7 +32,7 @@ class CliError(click.ClickException):
     exit_code = EXIT_USAGE
 
     def show(self, file: Any = None) -> None:
-        _say("error", self.format_message())
+        _say_error(self.format_message())
 
 
 class _Lrp(click.Group):
@@ -44,7 +44,7 @@ class _Lrp(click.Group):
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
         except click.Abort:
-            _say("error", "interrupted")
+            _say_error("interrupted")
             code = EXIT_INTERRUPTED
         except click.ClickException as error:
             error.show()
@@ -72,14 +72,17 @@ def _console():
     return _CONSOLE
 
 
-def _say(kind: str, message: str) -> None:
-    """One message line on stderr: ``error: ...``, ``warning: ...`` or plain."""
+def _say(message: str, kind: str = "") -> None:
+    """One line on stderr, prefixed ``error: `` or ``warning: `` (coloured on a terminal)."""
     from rich.text import Text
 
     styles = {"error": "bold red", "warning": "yellow"}
-    line = Text(f"{kind}: ", style=styles[kind]) if kind in styles else Text()
-    line.append(" ".join(message.split("\n")))
-    _console().print(line)
+    prefix = (f"{kind}: ", styles[kind]) if kind else ""
+    _console().print(Text.assemble(prefix, " ".join(message.splitlines())))
+
+
+def _say_error(message: str) -> None:
+    _say(message, "error")
 
 
 def _silence_stdout() -> None:
@@ -204,62 +207,96 @@ def _complete_presets(ctx, param, incomplete: str) -> list[str]:
     return [name for name in list_presets() if name.startswith(incomplete)]
 
 
-def _model_options(command: Callable) -> Callable:
-    """-m/--model, -w/--weights and the preprocessing overrides."""
-    options = [
-        _option("-m", "--model", default=BUILTIN_MODEL,
-                help="Model: the built-in efficientnet_lite0, a torchvision classification model "
-                     "name (resnet50, vgg16...), or package.module:callable for your own."),
-        _option("-w", "--weights", type=click.Path(dir_okay=False),
-                help="State dict (.pt/.pth read without running code, or .safetensors). "
-                     "Default: the model's pretrained weights, if available offline."),
-        _option("--input-size", type=click.IntRange(min=1),
-                help="Side of the square model input in pixels (default: the model's)."),
-        _option("--mean", type=_Floats(), help="Per-channel normalisation mean (default: model's)"),
-        _option("--std", type=_Floats(), help="Per-channel normalisation std (default: model's)"),
-        _option("--num-classes", type=click.IntRange(min=1),
-                help="Number of classes of the model in --weights (default: the model's)."),
-    ]  # fmt: skip
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _options(*decorators: Callable) -> Callable:
+    """Several Click decorators as one, applied in the order listed."""
+
+    def apply(command: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
 
 
-def _input_options(command: Callable) -> Callable:
-    """INPUTS, -0/--null and --max-pixels."""
-    options = [
-        click.argument("inputs", nargs=-1, required=True),
-        _option("-0", "--null", is_flag=True,
-                help="With '-': the paths on stdin are separated by NUL bytes (find -print0)."),
-        _option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
-                help="Refuse images with more pixels (decompression-bomb guard)."),
-    ]  # fmt: skip
-    for option in reversed(options):
-        command = option(command)
-    return command
+# -m/--model, -w/--weights and the preprocessing overrides
+_model_options = _options(
+    _option(
+        "-m",
+        "--model",
+        default=BUILTIN_MODEL,
+        help="Model: the built-in efficientnet_lite0, a torchvision classification model "
+        "name (resnet50, vgg16...), or package.module:callable for your own.",
+    ),
+    _option(
+        "-w",
+        "--weights",
+        type=click.Path(dir_okay=False),
+        help="State dict (.pt/.pth read without running code, or .safetensors). "
+        "Default: the model's pretrained weights, if available offline.",
+    ),
+    _option(
+        "--input-size",
+        type=click.IntRange(min=1),
+        help="Side of the square model input in pixels (default: the model's).",
+    ),
+    _option("--mean", type=_Floats(), help="Per-channel normalisation mean (default: model's)"),
+    _option("--std", type=_Floats(), help="Per-channel normalisation std (default: model's)"),
+    _option(
+        "--num-classes",
+        type=click.IntRange(min=1),
+        help="Number of classes of the model in --weights (default: the model's).",
+    ),
+)
+_input_options = _options(
+    click.argument("inputs", nargs=-1, required=True),
+    _option(
+        "-0",
+        "--null",
+        is_flag=True,
+        help="With '-': the paths on stdin are separated by NUL bytes (find -print0).",
+    ),
+    _option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_PIXELS,
+        help="Refuse images with more pixels (decompression-bomb guard).",
+    ),
+)
+_device_options = _options(
+    _option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        help="Where to compute: auto picks a CUDA GPU when PyTorch sees one.",
+    ),
+    _option(
+        "--precision",
+        type=click.Choice(["float32", "float64"]),
+        default="float32",
+        help="Floating-point precision of the computation.",
+    ),
+)
+_config_option = _option(
+    "-c",
+    "--config",
+    default=DEFAULT_CONFIG,
+    shell_complete=_complete_presets,
+    help="Rule config: a preset name (see 'lrp presets') or a YAML file.",
+)
 
 
-def _device_options(command: Callable) -> Callable:
-    options = [
-        _option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                help="Where to compute: auto picks a CUDA GPU when PyTorch sees one."),
-        _option("--precision", type=click.Choice(["float32", "float64"]), default="float32",
-                help="Floating-point precision of the computation."),
-    ]  # fmt: skip
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _load(config: str, model: str, weights, input_size, mean, std, num_classes):
-    """The rule config (checked first: it is quick) and the model."""
+def _load_model(opt: dict[str, Any]):
+    """The model that the model options name (after the config: that check is quicker)."""
     from .models import load_model
 
-    rules = load_config(config)
-    loaded = load_model(
-        model, weights, input_size=input_size, mean=mean, std=std, num_classes=num_classes
+    return load_model(
+        opt["model"],
+        opt["weights"],
+        input_size=opt["input_size"],
+        mean=opt["mean"],
+        std=opt["std"],
+        num_classes=opt["num_classes"],
     )
-    return rules, loaded
 
 
 def _collect(inputs: tuple[str, ...], null: bool, exclude: Iterable[Path] = ()):
@@ -270,7 +307,7 @@ def _collect(inputs: tuple[str, ...], null: bool, exclude: Iterable[Path] = ()):
         list(inputs), stdin=sys.stdin, null_separated=null, exclude=list(exclude)
     )
     for problem in problems:
-        _say("error", problem)
+        _say_error(problem)
     return items, problems
 
 
@@ -296,12 +333,12 @@ def main() -> None:
 
     \b
     Examples:
-      lrp explain sample_images/                  # heatmaps of the photos -> lrp-out/
-      lrp explain cat.jpg -t "tabby" --overlay     # explain a chosen class, blend over photo
+      lrp explain sample_images/                 # heatmaps of the photos -> lrp-out/
+      lrp explain cat.jpg -t tabby --overlay     # a chosen class, blended over the photo
       lrp explain photos/ -m resnet50 -w resnet50.pth -c epsilon-gamma-box
       find data -name '*.png' -print0 | lrp explain - -0 --jsonl - > records.jsonl
-      lrp presets                                  # the shipped rule configs
-      lrp inspect -m vgg16 -w vgg16.pth -c montavon-vgg16   # which layer gets which rule
+      lrp presets                                # the shipped rule configs
+      lrp inspect -c montavon-vgg16 -m vgg16     # which layer gets which rule, and why
       lrp evaluate sample_images/ -c epsilon-plus-flat -c epsilon --baseline random,gradient
     """
 
@@ -309,13 +346,7 @@ def main() -> None:
 @main.command()
 @_input_options
 @_model_options
-@_option(
-    "-c",
-    "--config",
-    default=DEFAULT_CONFIG,
-    shell_complete=_complete_presets,
-    help="Rule config: a preset name (see 'lrp presets') or a YAML file.",
-)
+@_config_option
 @_option(
     "-t",
     "--target",
@@ -358,9 +389,7 @@ def main() -> None:
     help="Image-decoding processes (default: up to 4, fewer than the CPU cores).",
 )
 @_option("-q", "--quiet", is_flag=True, help="Print errors only: no progress, no summary.")
-def explain(inputs, null, max_pixels, model, weights, input_size, mean, std, num_classes, config,
-            target, out, batch_size, device, precision, cmap, vmax, overlay, alpha, jsonl,
-            overwrite, skip_existing, workers, quiet):  # fmt: skip
+def explain(inputs: tuple[str, ...], **opt: Any) -> None:
     """Explain images: heatmaps, relevance arrays and records.
 
     Writes a heatmap, the relevance and a JSON record for each input.
@@ -390,46 +419,46 @@ def explain(inputs, null, max_pixels, model, weights, input_size, mean, std, num
           --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
       ls *.jpg | lrp explain - --jsonl - | jq -r '[.input, .class_name] | @tsv'
     """
+    from dataclasses import fields
+
     from .explain import BatchExplainer, ExplainOptions
     from .outputs import RecordWriter
 
-    if overwrite and skip_existing:
+    if opt["overwrite"] and opt["skip_existing"]:
         raise click.UsageError("--overwrite and --skip-existing exclude each other")
-    options = ExplainOptions(
-        out_dir=out, target=target, batch_size=batch_size, device=device, precision=precision,
-        cmap=cmap, overlay=overlay, alpha=alpha, vmax=vmax, max_pixels=max_pixels,
-        existing="overwrite" if overwrite else "skip" if skip_existing else "error",
-        workers=workers,
-    )  # fmt: skip
-    items, problems = _collect(inputs, null, exclude=[out])
+    existing = "overwrite" if opt["overwrite"] else "skip" if opt["skip_existing"] else "error"
+    same_names = {f.name: opt[f.name] for f in fields(ExplainOptions) if f.name in opt}
+    items, problems = _collect(inputs, opt["null"], exclude=[opt["out"]])
     with _before_work():
-        rules, loaded = _load(config, model, weights, input_size, mean, std, num_classes)
-        runner = BatchExplainer(loaded, rules, options)
-        records = RecordWriter(jsonl) if jsonl else None
+        rules = load_config(opt["config"])
+        loaded = _load_model(opt)
+        runner = BatchExplainer(loaded, rules, ExplainOptions(existing=existing, **same_names))
+        writer = RecordWriter(opt["jsonl"]) if opt["jsonl"] else None
+    quiet = opt["quiet"]
     if not quiet:
         for warning in runner.warnings:
-            _say("warning", warning)
+            _say(warning, "warning")
     try:
         with _progress(not quiet, len(items), "explaining") as advance:
 
-            def on_item(item_records: list[dict]) -> bool:
-                for record in item_records:
+            def on_item(records: list[dict]) -> bool:
+                for record in records:
                     if record["error"]:
-                        _say("error", record["error"])
-                    if records is not None and not records.write(record):
+                        _say_error(record["error"])
+                    if writer is not None and not writer.write(record):
                         return False
                 advance()
                 return True
 
             summary = runner.run(items, on_item)
     finally:
-        if records is not None:
-            records.close()
+        if writer is not None:
+            writer.close()
     failed = summary.failed + len(problems)
     if summary.stopped:
         sys.exit(EXIT_PIPE)
     if not quiet or summary.interrupted:
-        _say("plain", _explain_summary(summary, failed, out))
+        _say(_explain_summary(summary, failed, opt["out"]))
     sys.exit(EXIT_INTERRUPTED if summary.interrupted else EXIT_FAILED if failed else 0)
 
 
@@ -465,14 +494,8 @@ def presets() -> None:
 
 @main.command()
 @_model_options
-@_option(
-    "-c",
-    "--config",
-    default=DEFAULT_CONFIG,
-    shell_complete=_complete_presets,
-    help="Rule config: a preset name (see 'lrp presets') or a YAML file.",
-)
-def inspect(model, weights, input_size, mean, std, num_classes, config) -> None:
+@_config_option
+def inspect(**opt: Any) -> None:
     """Show the rule each layer of a model gets from a config.
 
     Lists every layer with the LRP rule the config gives it, and why.
@@ -492,14 +515,16 @@ def inspect(model, weights, input_size, mean, std, num_classes, config) -> None:
     from .explain import build_explainer
 
     with _before_work():
-        rules, loaded = _load(config, model, weights, input_size, mean, std, num_classes)
+        rules = load_config(opt["config"])
+        loaded = _load_model(opt)
         explainer, _ = build_explainer(loaded, rules)
     table = Table(title=f"{loaded.name} under {rules.name} ({rules.source})")
     for column in ("#", "layer", "type", "rule", "source", "folded BatchNorm"):
         table.add_column(column, overflow="fold")
     for number, layer in enumerate(explainer.layer_rules, start=1):
-        table.add_row(str(number), layer.name, layer.type, layer.rule, layer.source,
-                      layer.folded or "")  # fmt: skip
+        table.add_row(
+            str(number), layer.name, layer.type, layer.rule, layer.source, layer.folded or ""
+        )
     console = Console()
     if not console.is_terminal:  # a file or pipe: never fold the table into narrow columns
         console = Console(width=1000)
@@ -508,8 +533,10 @@ def inspect(model, weights, input_size, mean, std, num_classes, config) -> None:
     if not unmatched:
         console.print("every config entry matches at least one layer")
     for entry in unmatched:
-        console.print(f"unmatched: {entry.origin + ': ' if entry.origin else ''}"
-                      f"{entry.match.describe()}", markup=False)  # fmt: skip
+        console.print(
+            f"unmatched: {entry.origin + ': ' if entry.origin else ''}{entry.match.describe()}",
+            markup=False,
+        )
 
 
 @main.command()
@@ -571,9 +598,7 @@ def inspect(model, weights, input_size, mean, std, num_classes, config) -> None:
     help="Write a PNG plot of the mean curves here (needs matplotlib).",
 )
 @_option("-q", "--quiet", is_flag=True, help="Print errors only: no progress.")
-def evaluate(inputs, null, max_pixels, model, weights, input_size, mean, std, num_classes,
-             configs, baseline, region, steps, perturbation, order, score, target, seed,
-             batch_size, device, precision, json_path, plot, quiet):  # fmt: skip
+def evaluate(inputs: tuple[str, ...], **opt: Any) -> None:
     """Measure how faithful heatmaps are (region perturbation, AOPC).
 
     Region perturbation as in Samek et al. (2017), Evaluating the visualization of what a deep
@@ -594,35 +619,33 @@ def evaluate(inputs, null, max_pixels, model, weights, input_size, mean, std, nu
     """
     from .evaluate_run import Evaluation
 
-    if plot is not None and _missing("matplotlib"):
+    if opt["plot"] is not None and _missing("matplotlib"):
         raise CliError("--plot needs matplotlib: pip install 'lrp-cli[plots]'")
-    if not order:
+    if not opt["order"]:
         raise click.BadParameter("give at least one order", param_hint="--order")
-    items, problems = _collect(inputs, null)
+    items, problems = _collect(inputs, opt["null"])
     with _before_work():
-        rules = [load_config(name) for name in configs]
-        _, loaded = _load(configs[0], model, weights, input_size, mean, std, num_classes)
-        evaluation = Evaluation(
-            loaded, rules, baseline, device=device, precision=precision, target=target,
-            region=region, steps=steps, perturbation=perturbation, orders=order, score=score,
-            seed=seed, batch_size=batch_size,
-        )  # fmt: skip
-    if not quiet:
+        rules = [load_config(name) for name in opt["configs"]]
+        loaded = _load_model(opt)
+        names = "device precision target region steps perturbation score seed batch_size"
+        settings = {name: opt[name] for name in names.split()}
+        evaluation = Evaluation(loaded, rules, opt["baseline"], orders=opt["order"], **settings)
+    if not opt["quiet"]:
         for warning in evaluation.warnings:
-            _say("warning", warning)
-    failures = evaluation.load(items, max_pixels)
+            _say(warning, "warning")
+    failures = evaluation.load(items, opt["max_pixels"])
     for message in failures:
-        _say("error", message)
+        _say_error(message)
     if not evaluation.inputs:
-        _say("error", "no input could be loaded: nothing to evaluate")
+        _say_error("no input could be loaded: nothing to evaluate")
         sys.exit(EXIT_FAILED)
-    with _progress(not quiet, evaluation.tasks, "evaluating") as advance:
+    with _progress(not opt["quiet"], evaluation.tasks, "evaluating") as advance:
         results, errors = evaluation.run(advance)
     for message in errors:
-        _say("error", message)
+        _say_error(message)
     if results:
         _print_results(results, evaluation)
-        _write_results(results, json_path, plot, evaluation)
+        _write_results(results, opt["json_path"], opt["plot"], evaluation)
     sys.exit(EXIT_FAILED if problems or failures or errors else 0)
 
 
@@ -643,8 +666,13 @@ def _print_results(results, evaluation) -> None:
     for column in ("method", "order", "AOPC", "AUC", "images"):
         table.add_column(column, justify="left" if column in ("method", "order") else "right")
     for r in results:
-        table.add_row(r.method, r.order, f"{r.aopc:.4g} ± {r.aopc_std:.2g}",
-                      f"{r.auc:.4g} ± {r.auc_std:.2g}", str(len(r.per_image)))  # fmt: skip
+        table.add_row(
+            r.method,
+            r.order,
+            f"{r.aopc:.4g} ± {r.aopc_std:.2g}",
+            f"{r.auc:.4g} ± {r.auc_std:.2g}",
+            str(len(r.per_image)),
+        )
     Console().print(table)
 
 
@@ -658,9 +686,9 @@ def _write_results(results, json_path: Path | None, plot: Path | None, evaluatio
         if json_path is not None:
             data = json.dumps(results_to_json(results), indent=1).encode("utf-8")
             atomic_write(json_path, lambda handle: handle.write(data))
-            _say("plain", f"curves -> {json_path}")
+            _say(f"curves -> {json_path}")
         if plot is not None:
             plot_curves(results, plot, title=evaluation.describe())
-            _say("plain", f"plot -> {plot}")
+            _say(f"plot -> {plot}")
     except (OutputError, OSError) as error:
         raise CliError(" ".join(str(error).split())) from None

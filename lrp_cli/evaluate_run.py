@@ -88,8 +88,10 @@ class Evaluation:
 
     def describe(self) -> str:
         s = self.settings
-        return (f"{self.model.name}, {s['perturbation']} perturbation, {s['region']} x "
-                f"{s['region']} regions, {s['steps']} steps, {s['score']}")  # fmt: skip
+        return (
+            f"{self.model.name}, {s['perturbation']} perturbation, {s['region']} x "
+            f"{s['region']} regions, {s['steps']} steps, {s['score']}"
+        )
 
     def load(
         self, items: Sequence[InputItem], max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -127,8 +129,11 @@ class Evaluation:
                         if attribution is None:
                             attribution = _chunked(attribute, x, targets)
                         curves = self._curves(x, attribution, targets, order)
-                    results.append(evaluate.summarize(method, order, curves, self.inputs,
-                                                      score=self.settings["score"]))  # fmt: skip
+                    results.append(
+                        evaluate.summarize(
+                            method, order, curves, self.inputs, score=self.settings["score"]
+                        )
+                    )
                     advance()
             except (ValueError, RuntimeError) as error:
                 errors.append(f"{method}: cannot be evaluated: {' '.join(str(error).split())}")
@@ -143,9 +148,14 @@ class Evaluation:
     def _curves(self, x, attribution, targets, order: str) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
         return evaluate.region_perturbation_curve(
-            self.model.module, x, attribution, targets, order=order, generator=generator,
+            self.model.module,
+            x,
+            attribution,
+            targets,
+            order=order,
+            generator=generator,
             **self.settings,
-        )  # fmt: skip
+        )
 
 
 def _lrp(explainer) -> Callable:

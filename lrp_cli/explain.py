@@ -11,6 +11,7 @@ changes the batches (and so the bits) of the others.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -73,7 +74,7 @@ class ExplainOptions:
     ``vmax``: fixed colour-scale limit (comparable maps); None scales each map to its max |R|.
     """
 
-    out_dir: Path = Path("lrp-out")
+    out: Path = Path("lrp-out")
     target: str | int | None = None
     batch_size: int = 8
     device: str = "auto"
@@ -98,10 +99,6 @@ class Summary:
     heatmaps: int = 0
     interrupted: bool = False  # Ctrl-C
     stopped: bool = False  # the records' reader went away
-
-    @property
-    def done(self) -> int:
-        return self.explained + self.failed + self.skipped
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,20 +165,20 @@ def iter_batches(
 ) -> Iterator[dict[str, Any]]:
     """Decoded inputs in order, as :func:`lrp_cli.images.collate` batches (errors included).
 
-    Worker processes decode while the caller computes, but only for more than one input: a
-    single image is faster without starting a process.
+    Worker processes decode while the caller computes, but only for more than one input (a
+    single image is faster without starting a process) and never more than there are batches.
+    Each run is one pass over its inputs, so workers are not kept alive after it.
     """
     from torch.utils.data import DataLoader
 
-    dataset = ImageDataset(items, model.preprocessing, max_pixels=max_pixels)
     count = _default_workers() if workers is None else workers
-    count = min(count, len(items) - 1) if len(items) > 1 else 0
+    count = min(count, math.ceil(len(items) / batch_size)) if len(items) > 1 else 0
     loader = DataLoader(
-        dataset,
+        ImageDataset(items, model.preprocessing, max_pixels=max_pixels),
         batch_size=batch_size,
         shuffle=False,
         collate_fn=collate,
-        num_workers=max(count, 0),
+        num_workers=count,
         pin_memory=pin_memory,
     )
     yield from loader
@@ -230,7 +227,7 @@ class BatchExplainer:
         self.explainer, self.warnings = build_explainer(
             model, config, self.device.type, options.precision
         )
-        self.out_dir = Path(options.out_dir)
+        self.out_dir = Path(options.out)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -239,7 +236,6 @@ class BatchExplainer:
                 "choose another one with --out"
             ) from None
         _remove_stale_temporaries(self.out_dir)
-        self._claimed: set[str] = set()
 
     # ---------------------------------------------------------------------------- public
     def run(
@@ -253,7 +249,7 @@ class BatchExplainer:
         Ctrl-C stops it too: finished outputs stay, the summary says it was interrupted.
         """
         summary = Summary(inputs=len(items))
-        self._claimed = set()  # output paths of this run, to catch two inputs sharing one
+        claimed: set[str] = set()  # output paths of this run, to catch two inputs sharing one
 
         def report(records: list[dict[str, Any]]) -> None:
             status = {r["status"] for r in records}
@@ -268,7 +264,7 @@ class BatchExplainer:
                 raise _Stop
 
         try:
-            self._explain([self._plan(item) for item in items], report)
+            self._explain([self._plan(item, claimed) for item in items], report)
         except KeyboardInterrupt:
             summary.interrupted = True
         except _Stop:
@@ -276,7 +272,7 @@ class BatchExplainer:
         return summary
 
     # ---------------------------------------------------------------------------- planning
-    def _plan(self, item: InputItem) -> _Entry:
+    def _plan(self, item: InputItem, claimed: set[str]) -> _Entry:
         """Name an input's outputs; settle it at once if it is to be skipped or refused."""
         entry = _Entry(item)
         try:
@@ -288,20 +284,20 @@ class BatchExplainer:
             return entry
         paths = [p for o in entry.outputs for p in self._files(o)]
         existing = [p for p in paths if p.exists()]
-        clash = next((p for p in paths if _key(p) in self._claimed), None)
+        clash = next((p for p in paths if _key(p) in claimed), None)
+        if clash is not None:
+            problem = f"its output {clash} is also the output of another input"
+            entry.records = [self._failed(entry, problem, "rename one of the two inputs")]
+            return entry
+        claimed.update(_key(p) for p in paths)
         if self.options.existing == "skip" and existing and len(existing) == len(paths):
             entry.records = [
                 self._record(entry, k, status="skipped") for k in range(len(entry.outputs))
             ]
-        elif clash is not None:
-            problem = f"its output {clash} is also the output of another input"
-            entry.records = [self._failed(entry, problem, "rename one of the two inputs")]
         elif existing and self.options.existing == "error":
             problem = f"output {existing[0]} already exists"
             advice = "pass --overwrite to replace it or --skip-existing to keep it"
             entry.records = [self._failed(entry, problem, advice)]
-        else:
-            self._claimed.update(_key(p) for p in paths)
         return entry
 
     def _outputs(self, item: InputItem, samples: int | None) -> list[OutputPaths]:
@@ -418,9 +414,14 @@ class BatchExplainer:
             return self._record(entry, k, error=str(error), **fields)
         seconds = round(share + time.perf_counter() - start, 6)
         return self._record(
-            entry, k, status="explained", relevance_sum=float(relevance.sum(dtype=np.float64)),
-            vmax=vmax, seconds=seconds, **fields,
-        )  # fmt: skip
+            entry,
+            k,
+            status="explained",
+            relevance_sum=float(relevance.sum(dtype=np.float64)),
+            vmax=vmax,
+            seconds=seconds,
+            **fields,
+        )
 
     def _write(self, paths: OutputPaths, relevance: np.ndarray, x, vmax: float) -> None:
         """Write one sample's files; if cut off half way, remove the ones already written."""

@@ -1,0 +1,318 @@
+"""Reliability end to end: bad inputs, bad configs and models, kills and interrupts.
+
+The corpus of bad files is generated here (a few lines each) rather than committed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from .test_cli import (
+    SIZE,
+    error_lines,
+    lrp_command,
+    records,
+    run,
+    tiny_model,
+    tiny_weights,
+    write_image,
+    write_npy,
+)
+
+__all__ = ["tiny_weights"]  # a fixture used here
+
+BAD_NAMES = [
+    "empty.jpg",
+    "truncated.jpg",
+    "text.jpg",
+    "page.png",
+    "dangling.png",
+    "bomb.png",
+    "wrong-shape.npy",
+    "nan.npy",
+    "integers.npy",
+    "objects.npy",
+]
+
+
+def make_good(folder: Path) -> list[str]:
+    """Awkward but valid images (and a .npy) that must all be explained."""
+    write_image(folder / "rgb.jpg", quality=90)
+    write_image(folder / "sub" / "rgb.png", seed=1)
+    Image.fromarray(np.arange(64 * 48, dtype=np.uint8).reshape(48, 64), "L").save(
+        folder / "grey.png"
+    )
+    Image.fromarray(np.arange(50 * 40, dtype=np.uint16).reshape(40, 50) * 30).save(
+        folder / "sixteen-bit.png"
+    )
+    rgba = np.random.default_rng(2).integers(0, 256, (30, 40, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(folder / "transparent.png")
+    Image.new("CMYK", (40, 30), (10, 200, 30, 5)).save(folder / "cmyk.jpg")
+    frames = [Image.new("P", (20, 20), i) for i in range(3)]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(folder / "one-pixel.png")
+    Image.new("RGB", (1, 300), (10, 200, 10)).save(folder / "thin.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: must come out upright
+    write_image(folder / "rotated.jpg", seed=3, exif=exif)
+    write_npy(folder / "tensor.npy", seed=4)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def make_bad(folder: Path) -> None:
+    """One file per kind of trouble; each must fail alone with one line."""
+    (folder / "empty.jpg").touch()
+    jpeg = write_image(folder / "whole.jpg", size=(64, 64), seed=5).read_bytes()
+    (folder / "whole.jpg").unlink()
+    (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "text.jpg").write_text("this is not a picture\n")
+    (folder / "page.png").write_text("<!DOCTYPE html><html><body>404</body></html>")
+    (folder / "dangling.png").symlink_to(folder / "gone.png")
+    Image.new("RGB", (300, 300)).save(folder / "bomb.png")  # over --max-pixels 50000
+    np.save(folder / "wrong-shape.npy", np.zeros((3, SIZE, SIZE + 1), np.float32))
+    nan = np.zeros((3, SIZE, SIZE), np.float32)
+    nan[0, 0, 0] = np.nan
+    np.save(folder / "nan.npy", nan)
+    np.save(folder / "integers.npy", np.zeros((3, SIZE, SIZE), np.int64))
+    np.save(folder / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_bad_inputs_fail_alone_and_never_change_the_good_outputs(tmp_path, tiny_weights):
+    corpus, clean = tmp_path / "corpus", tmp_path / "clean"
+    good = make_good(corpus)
+    make_bad(corpus)
+    shutil.copytree(corpus, clean, symlinks=True)
+    for name in BAD_NAMES:
+        (clean / name).unlink()
+    options = [*tiny_model(tiny_weights), "--batch-size", "3", "--max-pixels", "50000", "--overlay"]
+
+    reference = run(["explain", clean, *options, "-o", tmp_path / "out-clean"])
+    assert reference.exit_code == 0, reference.stderr
+    result = run(["explain", corpus, *options, "-o", tmp_path / "out", "--jsonl", "-"])
+
+    assert result.exit_code == 1
+    errors = error_lines(result.stderr)
+    assert len(errors) == len(BAD_NAMES), errors
+    for name in BAD_NAMES:
+        (line,) = [e for e in errors if f"{name}:" in e]
+        assert len(line) < 400
+    assert "--max-pixels" in next(e for e in errors if "bomb.png" in e)
+    found = records(result.stdout)
+    assert len(found) == len(good) + len(BAD_NAMES)
+    failed = {Path(r["input"]).name for r in found if r["status"] == "failed"}
+    assert failed == set(BAD_NAMES)
+    assert f"({len(good)} heatmaps, {len(BAD_NAMES)} failed)" in result.stderr
+    # the good files' outputs are byte for byte those of a run without the bad files
+    assert tree(tmp_path / "out") == tree(tmp_path / "out-clean")
+    assert len(tree(tmp_path / "out")) == 3 * len(good)
+    for png in (tmp_path / "out").rglob("*.png"):
+        with Image.open(png) as image:  # whatever the odd format, size or rotation
+            assert image.size == (SIZE, SIZE) and image.mode == "RGB"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_unreadable_file_is_one_line(tmp_path, tiny_weights):
+    locked = write_image(tmp_path / "locked.png")
+    locked.chmod(0)
+    result = run(["explain", locked, *tiny_model(tiny_weights), "-o", tmp_path / "out"])
+    assert result.exit_code == 1
+    (line,) = error_lines(result.stderr)
+    assert "locked.png" in line and "permission denied" in line
+
+
+def test_folder_without_images(tmp_path, tiny_weights):
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "notes.txt").write_text("no images here")
+    result = run(["explain", tmp_path / "nothing", *tiny_model(tiny_weights), "-o", tmp_path / "o"])
+    assert result.exit_code == 1
+    (line,) = error_lines(result.stderr)
+    assert "nothing" in line and "no input files" in line
+
+
+# -------------------------------------------------------------------------------- set-up errors
+class CreatesAFile:
+    """Unpickling this would create ``path``: a checkpoint that runs code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def broken_setups(tmp_path: Path, weights: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (options, expected text of the one error line)."""
+    (tmp_path / "syntax.yaml").write_text("rules:\n  - match: {type: Conv\n    rule: zplus\n")
+    (tmp_path / "unknown-rule.yaml").write_text("rules:\n  - match: {type: Conv}\n    rule: zpls\n")
+    (tmp_path / "wrong-type.yaml").write_text(
+        "rules:\n  - match: {type: Conv}\n    rule: gamma\n    gamma: lots\n"
+    )
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "other.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    torch.save({"fc.weight": CreatesAFile(tmp_path / "pwned")}, tmp_path / "evil.pt")
+    tiny = tiny_model(weights)
+    return {
+        "yaml syntax": ([*tiny, "-c", str(tmp_path / "syntax.yaml")], "syntax.yaml:"),
+        "unknown rule": ([*tiny, "-c", str(tmp_path / "unknown-rule.yaml")], "did you mean"),
+        "wrong type": (
+            [*tiny, "-c", str(tmp_path / "wrong-type.yaml")],
+            "wrong-type.yaml:2: gamma of rule gamma must be a number",
+        ),
+        "unknown preset": ([*tiny, "-c", "epsilon-pluss"], "did you mean epsilon-plus"),
+        "unknown model": (["-m", "resnet19"], "did you mean resnet18"),
+        "wrong architecture": (
+            ["-m", "resnet34", "-w", str(tmp_path / "other.pt"), "--num-classes", "3"],
+            "do not fit",
+        ),
+        "corrupt weights": (["-m", "resnet18", "-w", str(tmp_path / "corrupt.pt")], "corrupt.pt"),
+        "code in checkpoint": (["-m", "resnet18", "-w", str(tmp_path / "evil.pt")], "refusing"),
+        "output folder": ([*tiny, "-o", str(tmp_path / "syntax.yaml" / "out")], "output folder"),
+    }
+
+
+def test_setup_errors_exit_2_with_one_line_and_run_nothing(tmp_path, tiny_weights):
+    image = write_npy(tmp_path / "x.npy")
+    for name, (options, expected) in broken_setups(tmp_path, tiny_weights).items():
+        args = ["explain", image, "-o", tmp_path / "out", *options]
+        result = run(args)
+        assert result.exit_code == 2, (name, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, lines)
+        assert expected in lines[0], (name, lines[0])
+    assert not (tmp_path / "pwned").exists()  # the pickle was refused, not run
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# -------------------------------------------------------------------------------- outputs
+def test_paths_from_stdin_never_escape_the_output_folder(tmp_path, tiny_weights, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    write_npy(tmp_path / "elsewhere" / "x.npy")
+    write_npy(tmp_path / "abs.npy", seed=1)
+    monkeypatch.chdir(work)
+    before = sorted(tmp_path.rglob("*"))
+    result = run(
+        ["explain", "-", *tiny_model(tiny_weights), "-o", "out"],
+        input=f"../elsewhere/x.npy\n{tmp_path / 'abs.npy'}\n",
+    )
+    assert result.exit_code == 0, result.stderr
+    created = sorted(set(tmp_path.rglob("*")) - set(before))
+    assert all(work / "out" in p.parents or p == work / "out" for p in created), created
+    assert (work / "out" / "x.png").exists() and (work / "out" / "abs.png").exists()
+
+
+def test_symlink_inside_the_output_folder_is_not_followed_out(tmp_path, tiny_weights):
+    write_npy(tmp_path / "in" / "sub" / "x.npy")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").symlink_to(outside)
+    result = run(["explain", tmp_path / "in", *tiny_model(tiny_weights), "-o", tmp_path / "out"])
+    assert result.exit_code == 1
+    (line,) = error_lines(result.stderr)
+    assert "outside" in line
+    assert not any(outside.iterdir())
+
+
+def test_two_inputs_never_share_an_output(tmp_path, tiny_weights):
+    """x.npy holding 2 samples would write x.0.png: x.0.jpg (first in order) already does."""
+    write_npy(tmp_path / "in" / "x.npy", samples=2)
+    write_image(tmp_path / "in" / "x.0.jpg")
+    result = run(["explain", tmp_path / "in", *tiny_model(tiny_weights), "-o", tmp_path / "out"])
+    assert result.exit_code == 1
+    (line,) = error_lines(result.stderr)
+    assert "x.npy:" in line and "x.0.png is also the output of another input" in line
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.0.npy", "x.0.png"]
+
+
+# -------------------------------------------------------------------------------- kill, Ctrl-C
+def start_batch(tmp_path: Path, weights: Path, count: int) -> tuple[list[str], Path]:
+    for i in range(count):
+        write_npy(tmp_path / "in" / f"x{i:02d}.npy", seed=i)
+    out = tmp_path / "out"
+    options = [*tiny_model(weights), *"--batch-size 1 --workers 1".split()]
+    command = lrp_command("explain", tmp_path / "in", "-o", out, *options)
+    return command, out
+
+
+def complete(out: Path) -> set[str]:
+    """Stems whose heatmap and relevance both exist."""
+    if not out.exists():
+        return set()
+    return {p.stem for p in out.glob("*.png")} & {p.stem for p in out.glob("*.npy")}
+
+
+def wait_for(process: subprocess.Popen, out: Path, done: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(complete(out)) < done:
+        assert process.poll() is None, "the run ended before it could be stopped"
+        assert time.monotonic() < deadline, "no outputs appeared"
+        time.sleep(0.02)
+
+
+def check_valid(out: Path, count: int) -> None:
+    for i in range(count):
+        relevance = np.load(out / f"x{i:02d}.npy", allow_pickle=False)
+        assert relevance.shape == (SIZE, SIZE) and relevance.dtype == np.float32
+        with Image.open(out / f"x{i:02d}.png") as heatmap:
+            heatmap.load()
+            assert heatmap.size == (SIZE, SIZE)
+
+
+def test_killed_run_resumes_with_skip_existing(tmp_path, tiny_weights):
+    count = 6
+    command, out = start_batch(tmp_path, tiny_weights, count)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(process, out, done=2)
+    finally:
+        process.kill()  # SIGKILL: no clean-up at all
+        process.wait()
+    finished = complete(out)
+    assert 2 <= len(finished) < count
+    mtimes = {p: p.stat().st_mtime_ns for p in out.iterdir() if p.stem in finished}
+
+    resumed = subprocess.run([*command, "--skip-existing"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(finished)} skipped" in resumed.stderr
+    check_valid(out, count)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # not recomputed
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"x{i:02d}.{ext}" for i in range(count) for ext in ("png", "npy")
+    )  # every output there, no temporary file left
+
+
+def test_ctrl_c_stops_cleanly_with_130(tmp_path, tiny_weights):
+    count = 6
+    command, out = start_batch(tmp_path, tiny_weights, count)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(process, out, done=1)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert stdout == "" and "Traceback" not in stderr
+    assert "interrupted" in stderr and "--skip-existing" in stderr
+    finished = complete(out)
+    assert 1 <= len(finished) < count
+    # finished inputs are whole; the others left nothing behind, not even temporary files
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}.{ext}" for stem in finished for ext in ("png", "npy")
+    )
