@@ -20,7 +20,7 @@ from . import __version__
 from .config import ConfigError, list_presets, load_config
 from .images import DEFAULT_MAX_PIXELS
 from .models import BUILTIN_MODEL, ModelError
-from .outputs import CMAP_NAMES, OutputError
+from .outputs import CMAP_NAMES, OutputError, silence_stdout
 
 DEFAULT_CONFIG = "epsilon-plus-flat"
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 1, 2, 130, 141
@@ -50,7 +50,7 @@ class _Lrp(click.Group):
             error.show()
             code = error.exit_code
         except BrokenPipeError:
-            _silence_stdout()
+            silence_stdout()
             code = EXIT_PIPE
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -83,16 +83,6 @@ def _say(message: str, kind: str = "") -> None:
 
 def _say_error(message: str) -> None:
     _say(message, "error")
-
-
-def _silence_stdout() -> None:
-    """After the reader of stdout went away, let Python's final flush go to /dev/null."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 @contextmanager

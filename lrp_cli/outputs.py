@@ -309,6 +309,16 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def silence_stdout() -> None:
+    """After stdout's reader went away, point stdout at /dev/null so the exit flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 class RecordWriter:
     """Writes one compact UTF-8 JSON object per line, flushed at once (``"-"`` = stdout).
 
@@ -371,13 +381,7 @@ class RecordWriter:
     def _pipe_closed(self) -> None:
         self.broken_pipe = True
         if self._is_stdout and self._text is sys.stdout:
-            # Python would complain when flushing stdout at exit; point it at /dev/null instead.
-            try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-                os.close(devnull)
-            except (OSError, ValueError, AttributeError):
-                pass
+            silence_stdout()
 
     def close(self) -> None:
         """Close the records file (stdout is left open)."""
