@@ -682,3 +682,87 @@ def _write_results(results, json_path: Path | None, plot: Path | None, evaluatio
             _say(f"plot -> {plot}")
     except (OutputError, OSError) as error:
         raise CliError(" ".join(str(error).split())) from None
+
+
+@main.command()
+@_input_options
+@_model_options
+@_option(
+    "-c",
+    "--config",
+    "configs",
+    multiple=True,
+    default=["epsilon", "epsilon-plus-flat", "epsilon-gamma-box", "gradient"],
+    shell_complete=_complete_presets,
+    help="A column: a preset, a YAML file, or the baseline gradient or gradient-x-input; "
+    "repeat for more columns, drawn in the order given.",
+)
+@_option("-t", "--target", default="top1", help="Class: top1, a class index or a class name.")
+@_option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("lrp-out"),
+    help="Output folder for NAME.compare.png, one picture per input.",
+)
+@_option(
+    "--grid",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write every input in one picture here, one row per input.",
+)
+@_option(
+    "--shared-scale",
+    is_flag=True,
+    help="One colour scale per row (its largest |relevance|) instead of one per heatmap.",
+)
+@_option(
+    "--cmap",
+    type=click.Choice(CMAP_NAMES),
+    default="bwr",
+    help="Diverging colour map (red positive, zero in the middle, blue negative).",
+)
+@_option("--batch-size", type=click.IntRange(min=1), default=8, help="Inputs per engine call.")
+@_device_options
+@_option("-q", "--quiet", is_flag=True, help="Print errors only: no warnings, no summary.")
+def compare(inputs: tuple[str, ...], **opt: Any) -> None:
+    """Heatmaps of several rule configs side by side, one picture per input.
+
+    For each input NAME, OUT/NAME.compare.png shows the input crop (with its name and the
+    explained class) and then one heatmap per -c, labelled, in the order given. A column is a
+    preset (see 'lrp presets'), a YAML file, or the baseline gradient or gradient-x-input.
+    Each heatmap is scaled to its own largest |relevance|; --shared-scale uses one scale per
+    row. Every column explains all inputs in batches; existing pictures are replaced.
+
+    A column that cannot be used with the model (a config error, a strict pattern that
+    matches no layer, a rule refused, a model LRP cannot trace) is drawn as "n/a" with the
+    reason, and the other columns are still drawn. Exit status: 0 all drawn, 1 some column,
+    input or heatmap failed (one line each on stderr), 2 usage or model error.
+
+    \b
+    Examples:
+      lrp compare sample_images/chelsea-cat.jpg -c epsilon -c epsilon-plus-flat -c gradient
+      lrp compare sample_images/ -c zero -c epsilon -c epsilon-plus-flat -c epsilon-gamma-box \\
+          -o compare/ --grid compare/grid.png --shared-scale
+      lrp compare cat.jpg -m vgg16 -w vgg16.pth -c montavon-vgg16 -c my-rules.yaml -t tabby
+    """
+    from .compare import compare as draw
+
+    items, problems = _collect(inputs, opt["null"], exclude=[opt["out"]])
+    with _before_work():
+        loaded = _load_model(opt)  # not via a config: one bad column must not stop the others
+        settings = ("target", "shared_scale", "cmap", "batch_size", "device", "precision",
+                    "max_pixels")  # fmt: skip
+        result = draw(loaded, items, opt["configs"], opt["out"], grid=opt["grid"],
+                      **{key: opt[key] for key in settings})  # fmt: skip
+    if not opt["quiet"]:
+        for warning in result.warnings:
+            _say(warning, "warning")
+    for message in result.problems + result.errors:
+        _say_error(message)
+    rows, columns = result.grid_size
+    if not rows:
+        _say_error("no input could be loaded: nothing to compare")
+    elif not opt["quiet"]:
+        count = len(result.written)
+        _say(f"wrote {count} picture{'s' * (count != 1)} ({rows} inputs x {columns} columns)")
+    sys.exit(EXIT_FAILED if problems or result.problems or result.errors or not rows else 0)

@@ -8,7 +8,6 @@ from pathlib import Path, PurePath
 
 import numpy as np
 import pytest
-import torch
 import torchvision
 from PIL import Image
 from torch import nn
@@ -67,7 +66,11 @@ def test_picture_sizes_follow_inputs_and_columns_and_engine_calls_are_batched(
     monkeypatch.setattr(Explainer, "__call__", counting)
     stack = tmp_path / "s.npy"
     np.save(stack, np.random.default_rng(2).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32))
-    items = [image(tmp_path / "a.png"), image(tmp_path / "b.png", 1), InputItem(stack, PurePath("s.npy"))]
+    items = [
+        image(tmp_path / "a.png"),
+        image(tmp_path / "b.png", 1),
+        InputItem(stack, PurePath("s.npy")),
+    ]
     specs = ["epsilon", "zero", "gradient"]
     grid = tmp_path / "grid.png"
     result = run(tmp_path, specs, items, grid=grid, batch_size=3)
@@ -111,12 +114,12 @@ def test_labels_are_drawn_in_the_order_given(tmp_path):
         ("rules:\n  - match: {type: Conv}\n    rule: pass\n", "rule pass cannot be used"),
     ],
 )
-def test_a_config_that_fails_for_the_model_is_reported_for_its_column_only(
-    tmp_path, yaml, reason
-):
+def test_a_config_that_fails_for_the_model_is_reported_for_its_column_only(tmp_path, yaml, reason):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml)
-    result = run(tmp_path, ["epsilon", str(bad), "no-such-preset", "gradient"], grid="g.png")
+    result = run(
+        tmp_path, ["epsilon", str(bad), "no-such-preset", "gradient"], grid=tmp_path / "g.png"
+    )
     assert result.labels == ["input", "epsilon", "bad", "no-such-preset", "gradient"]
     assert len(result.problems) == 2
     assert result.problems[0].startswith("bad: ") and reason in result.problems[0]
@@ -132,21 +135,12 @@ def test_a_config_that_fails_for_the_model_is_reported_for_its_column_only(
 
 
 def test_lrp_columns_of_an_untraceable_model_fail_but_the_baselines_are_drawn(tmp_path):
-    class Gated(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
-            self.fc = nn.Linear(4, 10)
-
-        def forward(self, x):
-            h = self.conv(x)
-            return self.fc((h * torch.sigmoid(h)).mean((2, 3)))  # a gate LRP refuses
-
-    result = run(tmp_path, ["epsilon", "gradient-x-input"], model=tiny(Gated()))
-    assert len(result.problems) == 1 and "multiplicative gate" in result.problems[0]
+    gated = tiny(torchvision.models.mobilenet_v3_small(num_classes=10))  # Hardsigmoid gates
+    result = run(tmp_path, ["epsilon", "gradient-x-input"], model=gated)
+    assert len(result.problems) == 1 and "Hardsigmoid" in result.problems[0]
     assert len(result.written) == 2
     with pytest.raises(SetupError, match="no column can be drawn"):
-        run(tmp_path, ["epsilon", "zero"], model=tiny(Gated()))
+        run(tmp_path, ["epsilon", "zero"], model=gated)
 
 
 def test_empty_maps_are_n_a_cells_and_bad_inputs_are_errors(tmp_path):
