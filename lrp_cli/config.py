@@ -46,8 +46,21 @@ class _LineLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         mapping = super().construct_mapping(node, deep=deep)
-        mapping[LINE] = node.start_mark.line + 1
+        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if hasattr(k, "value")}
+        mapping[LINE] = _Line(node.start_mark.line + 1, lines)
         return mapping
+
+
+class _Line(int):
+    """A mapping's first line, which also knows the line of each of its keys."""
+
+    def __new__(cls, line: int, keys: dict):
+        value = super().__new__(cls, line)
+        value.keys = keys
+        return value
+
+    def of(self, key) -> int:
+        return self.keys.get(key, int(self))
 
 
 @dataclass(frozen=True)
@@ -121,8 +134,10 @@ class _Validator:
     def __init__(self, source: str):
         self.source = source
 
-    def fail(self, where: dict | int, message: str):
+    def fail(self, where: dict | int, message: str, key: str | None = None):
         line = where.get(LINE, "?") if isinstance(where, dict) else where
+        if key is not None and isinstance(line, _Line):
+            line = line.of(key)
         raise ConfigError(f"{self.source}:{line}: {message}")
 
     def unknown_keys(self, mapping: dict, allowed: set, what: str, where: dict | None = None):
@@ -133,6 +148,7 @@ class _Validator:
                 self.fail(
                     where or mapping,
                     f"unknown {what} {key!r}{hint}; allowed: {', '.join(sorted(allowed))}",
+                    key,
                 )
 
     def config(self, data: dict):
@@ -165,11 +181,12 @@ class _Validator:
                 self.fail(data, "'lrn' must be a mapping, e.g. {mode: taylor}")
             self.params(lrn, "lrn", dict(lrn))
         if data.get("maxpool", "winner-take-all") not in ("winner-take-all", "average"):
-            self.fail(data, f"maxpool must be winner-take-all or average, got {data['maxpool']!r}")
+            message = f"maxpool must be winner-take-all or average, got {data['maxpool']!r}"
+            self.fail(data, message, "maxpool")
         if not isinstance(data.get("strict", False), bool):
-            self.fail(data, "strict must be true or false")
+            self.fail(data, "strict must be true or false", "strict")
         if not isinstance(data.get("description", ""), str):
-            self.fail(data, "description must be a string")
+            self.fail(data, "description must be a string", "description")
 
     def entry(self, entry, parent: dict):
         if not isinstance(entry, dict):
@@ -191,11 +208,12 @@ class _Validator:
             if not types or not all(isinstance(t, str) and t.isidentifier() for t in types):
                 self.fail(match, "match type must be a layer class name or a list of them")
         if "position" in match:
-            from .engine.composite import _POSITION  # a regex only; no torch import needed
+            from .engine.composite import _POSITION  # the engine's own syntax (imports torch)
 
             position = match["position"]
             if isinstance(position, bool) or not _POSITION.match(str(position)):
-                self.fail(match, "position must be first, last, an index, or a range 'start:stop'")
+                message = "position must be first, last, an index, or a range 'start:stop'"
+                self.fail(match, message, "position")
         self.rule(entry)
 
     def rule(self, entry: dict):
@@ -203,7 +221,9 @@ class _Validator:
         if name not in RULE_PARAMS:
             close = difflib.get_close_matches(str(name), RULE_PARAMS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            self.fail(entry, f"unknown rule {name!r}{hint}; rules: {', '.join(RULE_PARAMS)}")
+            self.fail(
+                entry, f"unknown rule {name!r}{hint}; rules: {', '.join(RULE_PARAMS)}", "rule"
+            )
         params = {k: v for k, v in entry.items() if k not in ("match", "rule", LINE)}
         self.params(entry, name, params)
 
@@ -218,14 +238,14 @@ class _Validator:
                     self.number(where, key, value)
             elif list in types and isinstance(value, list):
                 if not value or not all(self.is_number(v) for v in value):
-                    self.fail(where, f"{key} must be a number or a list of numbers")
+                    self.fail(where, f"{key} must be a number or a list of numbers", key)
             elif bool in types and isinstance(value, bool):
                 continue
             elif str in types and isinstance(value, str):
                 continue
             else:
                 wanted = " or ".join(TYPE_NAMES[t] for t in types)
-                self.fail(where, f"{key} of rule {rule} must be {wanted}, got {value!r}")
+                self.fail(where, f"{key} of rule {rule} must be {wanted}, got {value!r}", key)
         try:
             _make_rule(rule, params, validate_only=True)
         except ValueError as error:
@@ -237,7 +257,7 @@ class _Validator:
 
     def number(self, where: dict, key: str, value):
         if not self.is_number(value) or value != value or value < 0:
-            self.fail(where, f"{key} must be a non-negative number, got {value!r}")
+            self.fail(where, f"{key} must be a non-negative number, got {value!r}", key)
 
 
 def _make_rule(name: str, params: dict, validate_only: bool = False):

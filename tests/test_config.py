@@ -89,10 +89,10 @@ def test_pattern_matching_nothing_warns_or_fails_when_strict():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("rules:\n  - match: {type: Conv2d}\n    rule: gama\n", r"cfg.yaml:2: unknown rule 'gama' \(did you mean 'gamma'\?\)"),
-        ("rules:\n  - match: {type: Conv2d}\n    rule: gamma\n    gama: 1\n", r"cfg.yaml:2: unknown parameter for rule gamma 'gama' \(did you mean 'gamma'\?\)"),
-        ("rules:\n  - match: {type: Conv2d}\n    rule: gamma\n    gamma: big\n", r"cfg.yaml:2: gamma of rule gamma must be a number"),
-        ("rules:\n  - match: {type: Conv2d}\n    rule: epsilon\n    epsilon: -1\n", r"cfg.yaml:2: epsilon must be a non-negative number"),
+        ("rules:\n  - match: {type: Conv2d}\n    rule: gama\n", r"cfg.yaml:3: unknown rule 'gama' \(did you mean 'gamma'\?\)"),
+        ("rules:\n  - match: {type: Conv2d}\n    rule: gamma\n    gama: 1\n", r"cfg.yaml:4: unknown parameter for rule gamma 'gama' \(did you mean 'gamma'\?\)"),
+        ("rules:\n  - match: {type: Conv2d}\n    rule: gamma\n    gamma: big\n", r"cfg.yaml:4: gamma of rule gamma must be a number"),
+        ("rules:\n  - match: {type: Conv2d}\n    rule: epsilon\n    epsilon: -1\n", r"cfg.yaml:4: epsilon must be a non-negative number"),
         ("rules:\n  - match: {position: second}\n    rule: flat\n", r"cfg.yaml:2: position must be"),
         ("rules:\n  - match: {nmae: x}\n    rule: flat\n", r"cfg.yaml:2: unknown match key 'nmae' \(did you mean 'name'\?\)"),
         ("rules:\n  - match: {type: Conv2d}\n    rule: alpha_beta\n    alpha: 3\n", r"cfg.yaml:2: rule alpha_beta: alpha - beta must be 1"),
