@@ -1,6 +1,6 @@
 """Engine benchmark: our LRP engine against a plain input gradient and zennit (issue 6).
 
-For each model and preset it measures, each case in a fresh Python process:
+Methods, per model and preset:
 
 - ``gradient``: forward + backward of the same model on the same batch (parameters do not
   require grad; the gradient of the top-1 logit with respect to the input);
@@ -8,22 +8,21 @@ For each model and preset it measures, each case in a fresh Python process:
 - ``zennit``: zennit's composite of the same name with the model's canonizer, through
   ``zennit.attribution.Gradient`` (when zennit is installed and has such a composite).
 
-Time is the median of ``--runs`` timed calls after ``--warmup`` untimed ones (setup such as
-tracing or registering hooks happens before and is reported separately). Peak memory on CPU
-is the process's peak resident set size during warm-up and timed runs minus its resident set
-size just before them (after the model and the input were created): the kernel's high-water
-mark ``VmHWM`` is reset through ``/proc/self/clear_refs`` so that model creation does not
-count; where that is not possible, ``ru_maxrss`` minus the RSS before the runs is used. On
-CUDA it is ``torch.cuda.max_memory_allocated`` minus the allocation before the runs.
-Setup that stays alive (our traced plan, folded and modified weights; zennit's hooks) is
-created after the baseline, so it counts.
+Time: one fresh process per model calls every method in turn, round after round (the order
+rotates), so the ratios are measured side by side; the median over ``--runs`` rounds after
+``--warmup`` rounds. Setup (tracing, registering hooks) is outside the timed calls. On a
+machine shared with other work each call first waits (``--quiet-wait``) until other processes
+leave the CPUs nearly idle, and a call during which they used more than ``--max-busy`` of the
+CPUs is redone (``--retries``): with few cores, OpenMP slows down many-fold under contention.
 
-The gradient is measured before and after the presets of each model; ratios are taken
-against the mean of the two medians, and the difference between them says how stable the
-machine was.
+Peak memory: one fresh process per (model, method, preset): the peak resident set size during
+the warm-up and ``--memory-runs`` calls minus the resident set size just before the method's
+setup (model and input already created). The kernel's high-water mark ``VmHWM`` is reset through
+``/proc/self/clear_refs`` first; where that is not possible, ``ru_maxrss`` is used. On CUDA,
+``torch.cuda.max_memory_allocated`` minus the allocation before setup.
 
-    python benchmarks/bench_engine.py                 # full run (CPU: about 15-20 minutes)
-    python benchmarks/bench_engine.py --quick         # under a minute
+    python benchmarks/bench_engine.py --threads 2      # full run (CPU: about 20-30 minutes)
+    python benchmarks/bench_engine.py --quick          # about a minute
     python benchmarks/bench_engine.py --models vgg16 --presets epsilon-gamma-box --runs 5
 """
 
@@ -83,6 +82,11 @@ def _cpu_seconds() -> float:
     """User + system CPU time of this process (all threads)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _sys_seconds() -> float:
+    """System CPU time of this process: mostly page faults of freshly allocated tensors."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
 def _system_busy() -> float | None:
@@ -222,8 +226,8 @@ def _zennit_composite(preset: str, model_name: str, bounds, torch, device):
     return cls(canonizers=canonizers)
 
 
-def run_case(case: dict) -> dict:
-    """Measure one (model, method, preset) case in this process; returns a JSON-able dict."""
+def _setup(case: dict):
+    """Model, input batch and device for a worker (threads set first)."""
     import torch
 
     if case.get("threads"):
@@ -236,13 +240,13 @@ def run_case(case: dict) -> dict:
     pixels = torch.rand(case["batch_size"], 3, size, size, generator=generator)
     mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     x = ((pixels - mean_t) / std_t).to(device)
-    del pixels
+    return model, bounds, x, device
 
-    cuda = device.type == "cuda"
-    memory = _CudaMemory(torch, device) if cuda else _CpuMemory()
-    memory.start()
-    setup_start = time.perf_counter()
-    method, context = case["method"], None
+
+def make_call(method: str, preset: str | None, model, model_name: str, x, bounds, device):
+    """``(call, close)``: ``call()`` computes one attribution of ``x``; ``close()`` cleans up."""
+    import torch
+
     if method == "gradient":
 
         def call():
@@ -252,85 +256,141 @@ def run_case(case: dict) -> dict:
             (grad,) = torch.autograd.grad(out, leaf, onehot)
             return grad
 
-    elif method == "ours":
+        return call, lambda: None
+    if method == "ours":
         from lrp_cli.config import load_config
         from lrp_cli.engine import Explainer
 
-        explainer = Explainer(model, load_config(case["preset"]).composite(), input_bounds=bounds)
-
-        def call():
-            return explainer(x).relevance
-
-    elif method == "zennit":
+        explainer = Explainer(model, load_config(preset).composite(), input_bounds=bounds)
+        return (lambda: explainer(x).relevance), lambda: None
+    if method == "zennit":
         from zennit.attribution import Gradient
 
-        composite = _zennit_composite(case["preset"], case["model"], bounds, torch, device)
+        composite = _zennit_composite(preset, model_name, bounds, torch, device)
         context = Gradient(model, composite)
         attributor = context.__enter__()
 
         def select(out):
             return out * torch.nn.functional.one_hot(out.argmax(1), out.shape[1]).to(out.dtype)
 
-        def call():
-            return attributor(x, select)[1]
+        return (lambda: attributor(x, select)[1]), lambda: context.__exit__(None, None, None)
+    raise ValueError(f"unknown method {method!r}")
 
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    setup_s = time.perf_counter() - setup_start
 
-    others: list[float] = []
+class _Clock:
+    """Times calls: wall and CPU seconds, and the CPU share other processes used meanwhile."""
 
-    def timed() -> tuple[float, float, object]:
-        wait_for_quiet(case.get("quiet_wait", 0.0))
-        if cuda:
-            torch.cuda.synchronize(device)
-        busy, cpu_start, start = _system_busy(), _cpu_seconds(), time.perf_counter()
+    def __init__(self, torch, device):
+        self.torch, self.device = torch, device
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, call) -> tuple[dict, object]:
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
+        busy, sys_start = _system_busy(), _sys_seconds()
+        cpu_start, start = _cpu_seconds(), time.perf_counter()
         result = call()
-        if cuda:
-            torch.cuda.synchronize(device)
+        if self.cuda:
+            self.torch.cuda.synchronize(self.device)
         elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-        if busy is not None:  # CPU used by other processes during this call, as a fraction
+        system = _sys_seconds() - sys_start
+        other = None
+        if busy is not None:
             other = (_system_busy() - busy - cpu) / (elapsed * (os.cpu_count() or 1))
-            others.append(max(other, 0.0))
-        return elapsed, cpu, result
+            other = max(other, 0.0)
+        return {"wall": elapsed, "cpu": cpu, "sys": system, "busy": other}, result
 
-    warmup_times, times, cpu_times, result = [], [], [], None
-    load_start = _load_average()
+
+def time_worker(case: dict) -> dict:
+    """Time every (method, preset) of one model in this process, round-robin.
+
+    Each round calls every method once (the order rotates from round to round), so slow
+    changes in machine load hit all methods alike and the ratios stay side by side.
+    """
+    import torch
+
+    model, bounds, x, device = _setup(case)
+    calls, closers, errors = {}, [], {}
+    for method, preset in case["methods"]:
+        target = model
+        if method == "zennit":  # zennit's canonizers change the model: one copy per composite
+            import copy
+
+            target = copy.deepcopy(model)
+        try:
+            call, close = make_call(method, preset, target, case["model"], x, bounds, device)
+        except Exception as error:  # one failing method must not lose the others' figures
+            errors[(method, preset)] = f"setup: {type(error).__name__}: {error}"
+            continue
+        calls[(method, preset)] = call
+        closers.append(close)
+    clock = _Clock(torch, device)
+    records = {key: {"warmup": [], "runs": []} for key in calls}
+    rounds = case["warmup"] + case["runs"]
+    retries, max_busy = case.get("retries", 0), case.get("max_busy", 1.0)
     try:
-        for _ in range(case["warmup"]):
-            result = None
-            elapsed, _, result = timed()
-            warmup_times.append(elapsed)
-        others.clear()
-        for _ in range(case["runs"]):
-            result = None  # free the previous result before the next call
-            elapsed, cpu, result = timed()
-            times.append(elapsed)
-            cpu_times.append(cpu)
-        finite = bool(torch.isfinite(result).all()) if result is not None else None
-        nonzero = bool((result != 0).any()) if result is not None else None
-        stats = memory.stop()
+        for index in range(rounds):
+            phase = "warmup" if index < case["warmup"] else "runs"
+            keys = [key for key in calls if key not in errors]
+            shift = index % max(len(keys), 1)
+            for key in keys[shift:] + keys[:shift]:
+                for attempt in range(retries + 1):
+                    wait_for_quiet(case.get("quiet_wait", 0.0))
+                    try:
+                        measured, result = clock(calls[key])
+                    except Exception as error:
+                        errors[key] = f"{type(error).__name__}: {error}"
+                        break
+                    del result
+                    measured["round"] = index
+                    busy = measured["busy"]
+                    if phase == "warmup" or busy is None or busy <= max_busy or attempt == retries:
+                        records[key][phase].append(measured)
+                        break
+                    records[key].setdefault("discarded", []).append(measured)
     finally:
-        if context is not None:
-            context.__exit__(None, None, None)
-    median = statistics.median(times)
+        for close in closers:
+            close()
+    keys = [tuple(k) for k in case["methods"]]
     return {
-        **case,
-        "times_s": times,
-        "warmup_s": warmup_times,
-        "median_s": median,
-        "min_s": min(times),
-        "max_s": max(times),
-        "cpu_times_s": cpu_times,
-        "cpu_median_s": statistics.median(cpu_times),
-        "load_average": [load_start, _load_average()],
-        "others_busy": others,  # per timed run: CPU share used by other processes
-        "images_per_s": case["batch_size"] / median,
-        "setup_s": setup_s,
-        "result_finite": finite,
-        "result_nonzero": nonzero,
         "threads_used": torch.get_num_threads(),
         "lrp_cli_path": _lrp_cli_path(),
+        "records": [
+            {"method": m, "preset": p, "error": errors[(m, p)]}
+            if (m, p) in errors
+            else {"method": m, "preset": p, **records[(m, p)]}
+            for (m, p) in keys
+        ],
+    }
+
+
+def memory_worker(case: dict) -> dict:
+    """Peak memory of one (method, preset) in a fresh process (and its times as a by-product)."""
+    import torch
+
+    model, bounds, x, device = _setup(case)
+    memory = _CudaMemory(torch, device) if device.type == "cuda" else _CpuMemory()
+    memory.start()
+    setup_start = time.perf_counter()
+    call, close = make_call(case["method"], case["preset"], model, case["model"], x, bounds, device)
+    setup_s = time.perf_counter() - setup_start
+    clock = _Clock(torch, device)
+    times, result = [], None
+    try:
+        for _ in range(case["warmup"] + case["memory_runs"]):
+            result = None  # free the previous result before the next call
+            measured, result = clock(call)
+            times.append(measured)
+        finite = bool(torch.isfinite(result).all())
+        nonzero = bool((result != 0).any())
+        stats = memory.stop()
+    finally:
+        close()
+    return {
+        "setup_s": setup_s,
+        "memory_call_times_s": [t["wall"] for t in times],
+        "result_finite": finite,
+        "result_nonzero": nonzero,
         **stats,
     }
 
@@ -430,7 +490,7 @@ def snapshot_package(folder: Path) -> Path:
 
 
 def _subprocess_case(case: dict, timeout: float | None, snapshot: Path | None = None) -> dict:
-    """Run one case in a fresh interpreter; returns its result or an ``error`` entry."""
+    """Run one worker in a fresh interpreter; returns its result or ``{"error": ...}``."""
     env = dict(os.environ)
     if snapshot is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(snapshot), env.get("PYTHONPATH")]))
@@ -441,12 +501,45 @@ def _subprocess_case(case: dict, timeout: float | None, snapshot: Path | None = 
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {**case, "error": f"timed out after {timeout} s"}
+        return {"error": f"timed out after {timeout} s"}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
     tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-    return {**case, "error": f"exit {done.returncode}: " + " | ".join(tail)}
+    return {"error": f"exit {done.returncode}: " + " | ".join(tail)}
+
+
+def summarise_times(case: dict, timing: dict) -> list[dict]:
+    """One result per (method, preset) from a time worker's records."""
+    results = []
+    for record in timing.get("records", []):
+        entry = {k: v for k, v in case.items() if k != "methods"}
+        entry.update(method=record["method"], preset=record["preset"])
+        if "error" in record:
+            results.append({**entry, "error": record["error"]})
+            continue
+        runs = record["runs"]
+        walls = [r["wall"] for r in runs]
+        median = statistics.median(walls)
+        busy = [r["busy"] for r in runs if r["busy"] is not None]
+        entry.update(
+            times_s=walls,
+            rounds=[r["round"] for r in runs],
+            warmup_s=[r["wall"] for r in record["warmup"]],
+            median_s=median,
+            min_s=min(walls),
+            max_s=max(walls),
+            cpu_times_s=[r["cpu"] for r in runs],
+            cpu_median_s=statistics.median(r["cpu"] for r in runs),
+            sys_median_s=statistics.median(r["sys"] for r in runs),
+            others_busy=busy,
+            discarded_s=[r["wall"] for r in record.get("discarded", [])],
+            images_per_s=case["batch_size"] / median,
+            threads_used=timing.get("threads_used"),
+            lrp_cli_path=timing.get("lrp_cli_path"),
+        )
+        results.append(entry)
+    return results
 
 
 def _fmt(value, spec: str) -> str:
@@ -454,11 +547,11 @@ def _fmt(value, spec: str) -> str:
 
 
 def print_table(results: list[dict], file=sys.stdout) -> None:
-    """One row per case; ratios are to the model's gradient (mean of its measurements)."""
+    """One row per case; ratios are to the same model's gradient."""
     header = (
-        f"{'model':<19}{'method':<11}{'preset':<26}{'median s':>9}{'x grad':>7}{'cpu s':>8}"
-        f"{'x grad':>7}{'img/s':>7}{'peak MiB':>9}{'x grad':>7}{'RSS MiB':>8}{'x grad':>7}"
-        f"{'busy':>6}  target"
+        f"{'model':<19}{'method':<9}{'preset':<26}{'median s':>9}{'x grad':>7}{'paired':>7}"
+        f"{'cpu s':>8}{'x grad':>7}{'img/s':>7}{'peak MiB':>9}{'x grad':>7}{'RSS MiB':>8}"
+        f"{'x grad':>7}{'busy':>6}  target"
     )
     print(header, file=file)
     print("-" * len(header), file=file)
@@ -467,49 +560,53 @@ def print_table(results: list[dict], file=sys.stdout) -> None:
         if last_model is not None and r["model"] != last_model:
             print(file=file)
         last_model = r["model"]
-        label = r["method"] + (" (2)" if r.get("repeat") else "")
         preset = r.get("preset") or "-"
         if "error" in r:
-            print(f"{r['model']:<19}{label:<11}{preset:<26}  ERROR: {r['error']}", file=file)
+            print(f"{r['model']:<19}{r['method']:<9}{preset:<26}  ERROR: {r['error']}", file=file)
             continue
         verdict = ""
         if r["method"] == "ours" and r.get("time_ratio") is not None:
-            ok_time = r["time_ratio"] <= TARGETS.get(r["preset"], float("inf"))
-            ok_mem = r["memory_ratio"] is not None and r["memory_ratio"] <= MEMORY_TARGET
-            verdict = (
-                f"time {'met' if ok_time else 'MISSED'} (<={TARGETS.get(r['preset'], '-')}x), "
-                f"mem {'met' if ok_mem else 'MISSED'} (<={MEMORY_TARGET}x)"
+            limit = TARGETS.get(r["preset"])
+            verdict = "time " + ("-" if limit is None else _verdict(r["time_ratio"], limit))
+            verdict += f" (<={limit}x), mem "
+            verdict += (
+                "-" if r.get("memory_ratio") is None else _verdict(r["memory_ratio"], MEMORY_TARGET)
             )
-        busy = max(r.get("others_busy") or [None], key=lambda v: -1 if v is None else v)
+            verdict += f" (<={MEMORY_TARGET}x)"
+        busy = max((v for v in r.get("others_busy", []) if v is not None), default=None)
         print(
-            f"{r['model']:<19}{label:<11}{preset:<26}{r['median_s']:>9.3f}"
-            f"{_fmt(r.get('time_ratio'), '.2f'):>7}{r['cpu_median_s']:>8.2f}"
-            f"{_fmt(r.get('cpu_ratio'), '.2f'):>7}{r['images_per_s']:>7.2f}"
-            f"{r['peak_mib']:>9.0f}{_fmt(r.get('memory_ratio'), '.2f'):>7}"
-            f"{r['peak_total_mib']:>8.0f}{_fmt(r.get('total_memory_ratio'), '.2f'):>7}"
-            f"{_fmt(busy, '.0%'):>6}  {verdict}",
+            f"{r['model']:<19}{r['method']:<9}{preset:<26}{r['median_s']:>9.3f}"
+            f"{_fmt(r.get('time_ratio'), '.2f'):>7}{_fmt(r.get('time_ratio_paired'), '.2f'):>7}"
+            f"{r['cpu_median_s']:>8.2f}{_fmt(r.get('cpu_ratio'), '.2f'):>7}"
+            f"{r['images_per_s']:>7.2f}{_fmt(r.get('peak_mib'), '.0f'):>9}"
+            f"{_fmt(r.get('memory_ratio'), '.2f'):>7}{_fmt(r.get('peak_total_mib'), '.0f'):>8}"
+            f"{_fmt(r.get('total_memory_ratio'), '.2f'):>7}{_fmt(busy, '.0%'):>6}  {verdict}",
             file=file,
         )
 
 
+def _verdict(ratio: float, limit: float) -> str:
+    return "met" if ratio <= limit else "MISSED"
+
+
 def _add_ratios(results: list[dict]) -> None:
-    """Ratios to the mean of each model's gradient medians (and its peak memory)."""
+    """Ratios to the model's gradient: of medians, paired per round, of CPU time and memory."""
     for model in {r["model"] for r in results}:
-        grads = [r for r in results if r["model"] == model and r["method"] == "gradient"]
-        grads = [r for r in grads if "error" not in r]
-        if not grads:
+        grad = next((r for r in results if r["model"] == model and r["method"] == "gradient"), None)
+        if grad is None or "median_s" not in grad:
             continue
-        time_ref = statistics.mean(r["median_s"] for r in grads)
-        mem_ref = statistics.mean(r["peak_mib"] for r in grads)
-        total_ref = statistics.mean(r["peak_total_mib"] for r in grads)
-        cpu_ref = statistics.mean(r["cpu_median_s"] for r in grads)
+        by_round = dict(zip(grad["rounds"], grad["times_s"], strict=True))
         for r in results:
-            if r["model"] != model or "error" in r:
+            if r["model"] != model or "median_s" not in r:
                 continue
-            r["time_ratio"] = r["median_s"] / time_ref
-            r["memory_ratio"] = r["peak_mib"] / mem_ref if mem_ref > 0 else None
-            r["total_memory_ratio"] = r["peak_total_mib"] / total_ref
-            r["cpu_ratio"] = r["cpu_median_s"] / cpu_ref if cpu_ref > 0 else None
+            r["time_ratio"] = r["median_s"] / grad["median_s"]
+            paired = [t / by_round[i] for i, t in zip(r["rounds"], r["times_s"], strict=True)]
+            r["time_ratio_paired"] = statistics.median(paired)
+            r["cpu_ratio"] = r["cpu_median_s"] / grad["cpu_median_s"]
+            if "peak_mib" in r and "peak_mib" in grad:
+                ref = grad["peak_mib"]
+                r["memory_ratio"] = r["peak_mib"] / ref if ref > 0 else None
+                r["total_memory_ratio"] = r["peak_total_mib"] / grad["peak_total_mib"]
 
 
 def _zennit_available() -> bool:
@@ -535,22 +632,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"{BUILTIN}, batch 2, 1 run, presets {' and '.join(QUICK_PRESETS)}, gradient once",
+        help=f"{BUILTIN}, batch 2, 1 run, presets {' and '.join(QUICK_PRESETS)}",
     )
     p.add_argument("--no-zennit", action="store_true", help="skip zennit even if installed")
     p.add_argument(
-        "--no-repeat-gradient",
-        action="store_true",
-        help="measure the gradient once per model, not before and after",
+        "--memory-runs",
+        type=int,
+        default=None,
+        help="calls after the warm-up in each memory process (default 1; 0 with --quick)",
     )
+    p.add_argument("--no-memory", action="store_true", help="time only, no memory processes")
     p.add_argument(
         "--quiet-wait",
         type=float,
-        default=60.0,
+        default=None,
         help="before each call wait up to this many seconds until other processes use under\n"
-        "10%% of the CPUs (default 60; 0: do not wait)",
+        "10%% of the CPUs (default 30; 0 with --quick)",
     )
-    p.add_argument("--timeout", type=float, default=None, help="seconds per case")
+    p.add_argument(
+        "--max-busy",
+        type=float,
+        default=0.15,
+        help="redo a timed call if other processes used more than this share of the CPUs\n"
+        "meanwhile (default 0.15)",
+    )
+    p.add_argument("--retries", type=int, default=None, help="redos per call (default 3)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per worker process")
     p.add_argument(
         "--no-snapshot",
         action="store_true",
@@ -568,14 +675,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.batch_size = args.batch_size or (2 if quick else 8)
     args.runs = args.runs or (1 if quick else 3)
     args.warmup = args.warmup if args.warmup is not None else 1
-    args.repeat_gradient = not (args.no_repeat_gradient or quick)
+    if args.memory_runs is None:
+        args.memory_runs = 0 if quick else 1
+    if args.retries is None:
+        args.retries = 0 if quick else 3
+    if args.quiet_wait is None:
+        args.quiet_wait = 0.0 if quick else 30.0
     return args
+
+
+def _progress(started: float, text: str) -> None:
+    print(f"[{time.perf_counter() - started:6.0f}s] {text}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
-        print("RESULT " + json.dumps(run_case(json.loads(args.worker))), flush=True)
+        case = json.loads(args.worker)
+        worker = time_worker if case["kind"] == "time" else memory_worker
+        print("RESULT " + json.dumps(worker(case)), flush=True)
         return 0
     if args.device.startswith("cuda"):
         import torch
@@ -597,48 +715,60 @@ def main(argv=None) -> int:
         "device": args.device,
         "threads": args.threads,
         "quiet_wait": 0.0 if args.device.startswith("cuda") else args.quiet_wait,
+        "retries": 0 if args.device.startswith("cuda") else args.retries,
+        "max_busy": args.max_busy,
     }
-    plan: list[dict] = []
-    for model in args.models:
-        plan.append({**base, "model": model, "method": "gradient", "preset": None})
-        for preset in args.presets:
-            plan.append({**base, "model": model, "method": "ours", "preset": preset})
-            if zennit and preset in ZENNIT_COMPOSITES:
-                plan.append({**base, "model": model, "method": "zennit", "preset": preset})
-        if args.repeat_gradient:
-            plan.append(
-                {**base, "model": model, "method": "gradient", "preset": None, "repeat": True}
-            )
     summary = (
         f"# {info['cpu']}, {info['cpu_count']} CPUs, {info['threads']} threads, torch "
         f"{info['torch']}, zennit {info.get('zennit')}, device {args.device}, batch "
-        f"{args.batch_size}, {args.image_size}px, median of {args.runs} runs after "
+        f"{args.batch_size}, {args.image_size}px, median of {args.runs} rounds after "
         f"{args.warmup} warm-up"
     )
-    print(f"{summary}; {len(plan)} cases", file=sys.stderr, flush=True)
+    print(summary, file=sys.stderr, flush=True)
     snapshot = None
     if not args.no_snapshot:
         import tempfile
 
         snapshot = snapshot_package(Path(tempfile.mkdtemp(prefix="lrp-bench-")))
         info["engine_sha1"] = engine_fingerprint(snapshot / "lrp_cli")
+    results: list[dict] = []
+    started = time.perf_counter()
     try:
-        results = []
-        started = time.perf_counter()
-        for index, case in enumerate(plan, 1):
-            result = _subprocess_case(case, args.timeout, snapshot)
-            results.append(result)
-            shown = (
-                f"error: {result['error']}"
-                if "error" in result
-                else f"{result['median_s']:.3f} s, peak +{result['peak_mib']:.0f} MiB"
-            )
-            print(
-                f"[{index}/{len(plan)} {time.perf_counter() - started:6.0f}s] {case['model']} "
-                f"{case['method']} {case.get('preset') or ''}: {shown}",
-                file=sys.stderr,
-                flush=True,
-            )
+        for model in args.models:
+            methods = [("gradient", None)]
+            for preset in args.presets:
+                methods.append(("ours", preset))
+                if zennit and preset in ZENNIT_COMPOSITES:
+                    methods.append(("zennit", preset))
+            case = {**base, "kind": "time", "model": model, "methods": methods}
+            _progress(started, f"{model}: timing {len(methods)} methods round-robin")
+            timing = _subprocess_case(case, args.timeout, snapshot)
+            if "error" in timing:
+                timing["records"] = [
+                    {"method": m, "preset": p, "error": timing["error"]} for m, p in methods
+                ]
+            entries = summarise_times(case, timing)
+            for entry in entries:
+                name = f"{model} {entry['method']} {entry['preset'] or ''}"
+                if "error" in entry:
+                    _progress(started, f"{name}: error: {entry['error']}")
+                    continue
+                _progress(started, f"{name}: median {entry['median_s']:.3f} s")
+                if args.no_memory:
+                    continue
+                memory = _subprocess_case(
+                    {**base, "kind": "memory", "model": model, "method": entry["method"],
+                     "preset": entry["preset"], "memory_runs": args.memory_runs},
+                    args.timeout,
+                    snapshot,
+                )  # fmt: skip
+                if "error" in memory:
+                    entry["memory_error"] = memory["error"]
+                    _progress(started, f"{name}: memory error: {memory['error']}")
+                else:
+                    entry.update(memory)
+                    _progress(started, f"{name}: peak +{memory['peak_mib']:.0f} MiB")
+            results.extend(entries)
     finally:
         if snapshot is not None:
             import shutil
@@ -658,7 +788,7 @@ def main(argv=None) -> int:
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nwrote {args.json}", file=sys.stderr)
-    return 1 if any("error" in r for r in results) else 0
+    return 1 if any("error" in r or "memory_error" in r for r in results) else 0
 
 
 if __name__ == "__main__":

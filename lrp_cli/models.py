@@ -402,6 +402,8 @@ def _load_failure(exc: BaseException) -> str:
         # torch's weights-only unpickler refused the file: pickled objects/code, or garbage.
         if re.search(r"not an allowed global|Unsupported (global|class)", str(exc)):
             return "it holds Python objects other than tensors, which could run code"
+        if "Weights only load failed" in str(exc):
+            return "not a plain tensor checkpoint: it may hold pickled code, nothing was run"
         return "not a valid checkpoint"
     return _short(exc)
 
