@@ -171,7 +171,7 @@ def broken_setups(tmp_path: Path, weights: Path) -> dict[str, tuple[list[str], s
         "unknown rule": ([*tiny, "-c", str(tmp_path / "unknown-rule.yaml")], "did you mean"),
         "wrong type": (
             [*tiny, "-c", str(tmp_path / "wrong-type.yaml")],
-            "wrong-type.yaml:2: gamma of rule gamma must be a number",
+            "wrong-type.yaml:4: gamma of rule gamma must be a number",
         ),
         "unknown preset": ([*tiny, "-c", "epsilon-pluss"], "did you mean epsilon-plus"),
         "unknown model": (["-m", "resnet19"], "did you mean resnet18"),
