@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,6 +79,8 @@ class Explainer:
         self._modules = {
             id(s): _runnable(s.module) for s in self.plan.steps if s.module is not None
         }
+        self._drop_after = self._plan_memory()
+        self._tuple_items: set[fx.Node] = set()  # getitem nodes that pick from a tuple value
         self._prepared: tuple | None = None
         self._ops: dict[int, object] = {}
         self._caches: dict[int, dict] = {}
@@ -152,10 +155,39 @@ class Explainer:
             kwargs["inplace"] = False
         return step.function(*args, **kwargs)
 
+    def _plan_memory(self) -> list[list[fx.Node]]:
+        """For each step, the values the forward can drop after it: the relevance pass needs
+        only linear layers' inputs (and outputs where the rule divides by them), the operands
+        of sums and the inputs of ops whose vector-Jacobian product is re-run."""
+        keep = {self._logits_node}
+        for step in self.plan.steps:
+            inputs = self._graph_inputs(step.node)
+            if step.kind == "constant":
+                keep.add(step.node)
+            elif step.kind == "linear":
+                keep.update(inputs)
+                producer = _step_of(self.plan, inputs[0])
+                if getattr(step.rule, "needs_output", lambda _: False)(producer.nonnegative):
+                    keep.add(step.node)
+            elif step.kind == "norm":
+                keep.update(inputs)
+                keep.add(step.node)
+            elif step.kind in ("move", "maxpool", "lrn"):
+                keep.update(inputs)
+        last_use = {}
+        for index, step in enumerate(self.plan.steps):
+            for node in step.node.all_input_nodes:
+                last_use[node] = index
+        drops: list[list[fx.Node]] = [[] for _ in self.plan.steps]
+        for node, index in last_use.items():
+            if node not in keep:
+                drops[index].append(node)
+        return drops
+
     def _forward(self, x: Tensor) -> dict:
         env: dict[fx.Node, object] = {}
         lookup = env.__getitem__
-        for step in self.plan.steps:
+        for step, drops in zip(self.plan.steps, self._drop_after, strict=True):
             node = step.node
             if step.kind == "input":
                 env[node] = x
@@ -164,7 +196,13 @@ class Explainer:
             elif step.kind == "folded":
                 env[node] = env[step.function]
             else:
+                if step.function is operator.getitem and isinstance(
+                    env.get(node.args[0]), (tuple, list)
+                ):
+                    self._tuple_items.add(node)
                 env[node] = self._call(step, lookup)
+            for done in drops:
+                env.pop(done, None)
         return env
 
     def _backward(self, env: dict, start: Tensor) -> Tensor:
@@ -198,7 +236,7 @@ class Explainer:
             r_in = step.rule.relevance(
                 self._ops[id(step)],
                 rule_input,
-                env[node],
+                env.get(node),  # None where the rule does not divide by the output
                 r,
                 nonnegative=producer.nonnegative,
                 bounds=self._bounds(step.rule),
@@ -210,9 +248,7 @@ class Explainer:
         if kind == "maxpool" and self.composite.maxpool == "average":
             return self._maxpool_as_average(step, env, r)
         if kind in ("move", "maxpool"):
-            if node.target is __import__("operator").getitem and isinstance(
-                env[node.args[0]], (tuple, list)
-            ):
+            if node in self._tuple_items:
                 return [(node.args[0], {node.args[1]: r})]
             return list(self._vjp(step, env, r).items())
         if kind == "lrn":
@@ -313,8 +349,6 @@ def _accumulate(relevance: dict, node: fx.Node, value) -> None:
 
 def _is_plain_add(step: Step, inputs, env) -> bool:
     """``a + b`` of same-shaped tensors: its VJP is the identity for each term."""
-    import operator
-
     if step.function not in (operator.add, torch.add, "add", "__add__"):
         return False
     if len(inputs) != len(step.node.args) or step.node.kwargs:

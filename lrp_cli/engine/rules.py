@@ -127,6 +127,19 @@ class LinearRule:
             raise ValueError(f"zero_bias must be true or false, got {self.zero_bias!r}")
         self.stabilizer = _check_number("stabilizer", self.stabilizer)
 
+    def needs_output(self, nonnegative: bool) -> bool:
+        """Whether the relevance pass needs the layer's output ``z`` (masks, ``W a = z - b``);
+        if not, the forward pass can free it at once."""
+        for group in self.groups():
+            terms = [t for t in group.terms if not (nonnegative and t.source == "negative")]
+            if terms and group.mask is not None:
+                return True
+            for term in terms:
+                basis = term.weight.basis()
+                if basis is not None and basis[0] != 0 and term.source in SOURCES[:3]:
+                    return True
+        return False
+
     def _bias(self, mod: ParamMod | None) -> ParamMod | None:
         return None if self.zero_bias else mod
 
