@@ -79,6 +79,11 @@ class Explainer:
         self._modules = {
             id(s): _runnable(s.module) for s in self.plan.steps if s.module is not None
         }
+        self._pools = {
+            id(s): params
+            for s in self.plan.steps
+            if self.composite.maxpool == "winner-take-all" and (params := _maxpool2d_params(s))
+        }
         self._drop_after = self._plan_memory()
         self._tuple_items: set[fx.Node] = set()  # getitem nodes that pick from a tuple value
         self._prepared: tuple | None = None
@@ -97,7 +102,7 @@ class Explainer:
             targets = _targets(target, logits)
             start = torch.zeros_like(logits)
             start.scatter_(1, targets[:, None], logits.gather(1, targets[:, None]))
-            relevance = self._backward(env, start)
+            relevance = self._backward(env, start, x)
         return Explanation(relevance, logits, targets)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -172,7 +177,7 @@ class Explainer:
             elif step.kind == "norm":
                 keep.update(inputs)
                 keep.add(step.node)
-            elif step.kind in ("move", "maxpool", "lrn"):
+            elif step.kind in ("move", "maxpool", "lrn") and id(step) not in self._pools:
                 keep.update(inputs)
         last_use = {}
         for index, step in enumerate(self.plan.steps):
@@ -200,27 +205,30 @@ class Explainer:
                     env.get(node.args[0]), (tuple, list)
                 ):
                     self._tuple_items.add(node)
-                env[node] = self._call(step, lookup)
+                if id(step) in self._pools:  # keep the winners, not the input
+                    a = env[node.args[0]]
+                    env[node], indices = F.max_pool2d(
+                        a, *self._pools[id(step)], return_indices=True
+                    )
+                    env[("indices", node)] = (indices, a.shape)
+                else:
+                    env[node] = self._call(step, lookup)
             for done in drops:
                 env.pop(done, None)
         return env
 
-    def _backward(self, env: dict, start: Tensor) -> Tensor:
+    def _backward(self, env: dict, start: Tensor, x: Tensor) -> Tensor:
         relevance: dict[fx.Node, object] = {self._logits_node: start}
         result = None
         for step in reversed(self.plan.steps):
             node = step.node
-            r = relevance.pop(node, None)
-            if r is not None and step.kind != "constant":
-                if step.kind == "input":
-                    result = r
-                else:
-                    for source, value in self._propagate(step, env, r):
-                        _accumulate(relevance, source, value)
+            if node in relevance and step.kind not in ("constant", "input"):
+                for source, value in self._propagate(step, env, relevance.pop(node)):
+                    _accumulate(relevance, source, value)
+            elif step.kind == "input":
+                result = relevance.pop(node, None)
             env.pop(node, None)
-        if result is None:
-            return torch.zeros_like(start.new_empty(0))
-        return result
+        return torch.zeros_like(x) if result is None else result
 
     def _propagate(self, step: Step, env: dict, r):
         """Relevance of the node's graph inputs: a list of (input node, relevance)."""
@@ -236,7 +244,7 @@ class Explainer:
             r_in = step.rule.relevance(
                 self._ops[id(step)],
                 rule_input,
-                env.get(node),  # None where the rule does not divide by the output
+                env.pop(node, None),  # None where the rule does not divide by the output
                 r,
                 nonnegative=producer.nonnegative,
                 bounds=self._bounds(step.rule),
@@ -247,6 +255,13 @@ class Explainer:
             return self._norm(step, env, r)
         if kind == "maxpool" and self.composite.maxpool == "average":
             return self._maxpool_as_average(step, env, r)
+        if id(step) in self._pools:
+            indices, shape = env.pop(("indices", node))
+            like = r.new_empty(1).expand(shape)  # the op reads only the input's shape
+            r_in = torch.ops.aten.max_pool2d_with_indices_backward(
+                r, like, *self._pools[id(step)], indices
+            )
+            return [(node.args[0], r_in)]
         if kind in ("move", "maxpool"):
             if node in self._tuple_items:
                 return [(node.args[0], {node.args[1]: r})]
@@ -355,6 +370,19 @@ def _is_plain_add(step: Step, inputs, env) -> bool:
         return False
     shapes = {env[n].shape for n in inputs}
     return len(shapes) == 1 and env[step.node].shape in shapes
+
+
+def _maxpool2d_params(step: Step) -> tuple | None:
+    """``(kernel, stride, padding, dilation, ceil_mode)`` of a plain ``nn.MaxPool2d`` step."""
+    m = step.module
+    if step.kind != "maxpool" or type(m) is not nn.MaxPool2d or m.return_indices:
+        return None
+    if len(step.node.args) != 1 or step.node.kwargs:
+        return None
+    pair = torch.nn.modules.utils._pair
+    stride = m.stride if m.stride is not None else m.kernel_size
+    sizes = (m.kernel_size, stride, m.padding, m.dilation)
+    return (*(list(pair(v)) for v in sizes), m.ceil_mode)
 
 
 def _average_pool_like(step: Step):

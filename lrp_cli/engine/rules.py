@@ -84,15 +84,35 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """``z + epsilon * sign(z)`` with sign(0) = +1 (zennit's convention)."""
     if epsilon == 0:
         return z
-    sign = (z >= 0).to(z.dtype) * 2 - 1  # in z's dtype: a float32 epsilon would round
-    return z + sign * epsilon
+    # 0-dim tensors in z's dtype: a Python float would round through float32 here
+    shift = torch.where(z >= 0, z.new_tensor(epsilon), z.new_tensor(-epsilon))
+    return z + shift
 
 
-def _divide(r: Tensor, z: Tensor, epsilon: float) -> Tensor:
-    """``r / stab(z)``; with epsilon 0 (LRP-0) a zero denominator sends nothing back."""
+def _divide(r: Tensor, z: Tensor, epsilon: float, scratch: bool = False) -> Tensor:
+    """``r / stab(z)``; with epsilon 0 (LRP-0) a zero denominator sends nothing back.
+
+    ``scratch``: ``z`` is a temporary of the caller's, reused for the result (less memory).
+    """
     if epsilon == 0:
-        return torch.where(z == 0, torch.zeros_like(r), r / torch.where(z == 0, 1, z))
-    return r / stabilize(z, epsilon)
+        zero = z == 0
+        return torch.where(zero, 0.0, r / torch.where(zero, 1.0, z))
+    if not scratch:
+        return r / stabilize(z, epsilon)
+    z.add_(torch.where(z >= 0, z.new_tensor(epsilon), z.new_tensor(-epsilon)))
+    return torch.div(r, z, out=z)
+
+
+def _scaled(coefficient: float, t: Tensor) -> Tensor:
+    return t if coefficient == 1 else coefficient * t
+
+
+def _sum(parts) -> Tensor:
+    """Sum without the extra pass of ``sum()``'s leading ``0 +``."""
+    total = None
+    for part in parts:
+        total = part if total is None else total + part
+    return total
 
 
 def _check_number(name: str, value, minimum: float = 0.0) -> float:
@@ -170,17 +190,20 @@ class LinearRule:
             if len(terms) == 1 and _is_plain(terms[0], op):
                 den = z  # the forward pass's own output: no second forward
             else:
-                den = sum(t.sign * products.with_bias(t) for t in terms)
-            s = _divide(_masked(r, z, group.mask), den, self.stabilizer)
+                den = _sum(_scaled(t.sign, products.with_bias(t)) for t in terms)
+            scratch = den is not z and not products.holds(den)
+            s = _divide(_masked(r, z, group.mask), den, self.stabilizer, scratch)
+            del den
             for term in terms:
-                coef = group.coefficient * term.sign
-                part = s if coef == 1 else coef * s
-                key = (term.source, term.weight)
+                part = _scaled(group.coefficient * term.sign, s)
+                key = (sources.canonical(term.source), term.weight)
                 signals[key] = part if key not in signals else signals[key] + part
-        result = None
+        # one multiplication by each input part, after its transposed maps are summed
+        per_source: dict[str, Tensor] = {}
         for (source, mod), signal in signals.items():
-            part = sources.get(source) * op.transpose(signal, _weight(op, mod, cache), a.shape)
-            result = part if result is None else result + part
+            part = op.transpose(signal, _weight(op, mod, cache), a.shape)
+            per_source[source] = part if source not in per_source else per_source[source] + part
+        result = _sum(sources.get(source) * part for source, part in per_source.items())
         return torch.zeros_like(a) if result is None else result
 
 
@@ -204,6 +227,9 @@ class _Products:
         self.op, self.z, self.sources, self.cache = op, z, sources, cache
         self.memo: dict[tuple[str, ParamMod], Tensor] = {}
 
+    def holds(self, t: Tensor) -> bool:
+        return any(t is value for value in self.memo.values())
+
     def with_bias(self, term: Term) -> Tensor:
         out = self.product(term.source, term.weight)
         if term.bias is not None and self.op.bias is not None:
@@ -215,13 +241,12 @@ class _Products:
         basis = mod.basis()
         if basis is None or source not in ("input", "positive", "negative"):
             return self._direct(source, mod)
-        weight_part, positive_part = basis
-        out = 0
-        if weight_part:
-            out = out + weight_part * self._basis(source, IDENTITY)
-        if positive_part:
-            out = out + positive_part * self._basis(source, POSITIVE)
-        return out
+        parts = [
+            _scaled(coefficient, self._basis(source, mod))
+            for coefficient, mod in zip(basis, (IDENTITY, POSITIVE), strict=True)
+            if coefficient
+        ]
+        return _sum(parts)
 
     def _basis(self, source: str, mod: ParamMod) -> Tensor:
         key = (source, mod)
