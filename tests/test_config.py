@@ -74,8 +74,8 @@ rules:
 default: zero
 """
     )
-    assert [rules[n].split("(")[0] for n in ("features.0", "features.2", "classifier.1",
-                                             "classifier.3")] == ["zero", "zplus", "zplus", "zero"]  # fmt: skip
+    names = ("features.0", "features.2", "classifier.1", "classifier.3")
+    assert [rules[n].split("(")[0] for n in names] == ["zero", "zplus", "zplus", "zero"]
 
 
 def test_pattern_matching_nothing_warns_or_fails_when_strict():
@@ -89,21 +89,60 @@ def test_pattern_matching_nothing_warns_or_fails_when_strict():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("rules:\n  - match: {type: Conv2d}\n    rule: gama\n", r"cfg.yaml:3: unknown rule 'gama' \(did you mean 'gamma'\?\)"),
-        ("rules:\n  - match: {type: Conv2d}\n    rule: gamma\n    gama: 1\n", r"cfg.yaml:4: unknown parameter for rule gamma 'gama' \(did you mean 'gamma'\?\)"),
-        ("rules:\n  - match: {type: Conv2d}\n    rule: gamma\n    gamma: big\n", r"cfg.yaml:4: gamma of rule gamma must be a number"),
-        ("rules:\n  - match: {type: Conv2d}\n    rule: epsilon\n    epsilon: -1\n", r"cfg.yaml:4: epsilon must be a non-negative number"),
-        ("rules:\n  - match: {position: second}\n    rule: flat\n", r"cfg.yaml:2: position must be"),
-        ("rules:\n  - match: {nmae: x}\n    rule: flat\n", r"cfg.yaml:2: unknown match key 'nmae' \(did you mean 'name'\?\)"),
-        ("rules:\n  - match: {type: Conv2d}\n    rule: alpha_beta\n    alpha: 3\n", r"cfg.yaml:2: rule alpha_beta: alpha - beta must be 1"),
-        ("rules:\n  - match: {type: Conv2d}\n", r"cfg.yaml:2: a rule entry needs both"),
-        ("maxpol: average\n", r"cfg.yaml:1: unknown top-level key 'maxpool'|did you mean 'maxpool'"),
-        ("maxpool: biggest\n", r"cfg.yaml:1: maxpool must be"),
-        ("rules: [\n", r"cfg.yaml:\d+: YAML syntax error"),
-        ("default: pass\n", r"cfg.yaml:1: rule pass cannot be the default rule"),
-        ("lrn: {mode: sideways}\n", r"cfg.yaml:1: rule lrn: mode must be identity or taylor"),
+        (
+            "rules:\n  - match: {type: Conv2d}\n    rule: gama\n",
+            r"cfg.yaml:3: unknown rule 'gama' \(did you mean 'gamma'\?\)",
+        ),
+        (
+            "rules:\n  - match: {type: Conv2d}\n    rule: gamma\n    gama: 1\n",
+            r"cfg.yaml:4: unknown parameter for rule gamma 'gama' \(did you mean 'gamma'\?\)",
+        ),
+        (
+            "rules:\n  - match: {type: Conv2d}\n    rule: gamma\n    gamma: big\n",
+            r"cfg.yaml:4: gamma of rule gamma must be a number",
+        ),
+        (
+            "rules:\n  - match: {type: Conv2d}\n    rule: epsilon\n    epsilon: -1\n",
+            r"cfg.yaml:4: epsilon must be a non-negative number",
+        ),
+        (
+            "rules:\n  - match: {position: second}\n    rule: flat\n",
+            r"cfg.yaml:2: position must be",
+        ),
+        (
+            "rules:\n  - match: {nmae: x}\n    rule: flat\n",
+            r"cfg.yaml:2: unknown match key 'nmae' \(did you mean 'name'\?\)",
+        ),
+        (
+            "rules:\n  - match: {type: Conv2d}\n    rule: alpha_beta\n    alpha: 3\n",
+            r"cfg.yaml:2: rule alpha_beta: alpha - beta must be 1",
+        ),
+        (
+            "rules:\n  - match: {type: Conv2d}\n",
+            r"cfg.yaml:2: a rule entry needs both",
+        ),
+        (
+            "maxpol: average\n",
+            r"cfg.yaml:1: unknown top-level key 'maxpool'|did you mean 'maxpool'",
+        ),
+        (
+            "maxpool: biggest\n",
+            r"cfg.yaml:1: maxpool must be",
+        ),
+        (
+            "rules: [\n",
+            r"cfg.yaml:\d+: YAML syntax error",
+        ),
+        (
+            "default: pass\n",
+            r"cfg.yaml:1: rule pass cannot be the default rule",
+        ),
+        (
+            "lrn: {mode: sideways}\n",
+            r"cfg.yaml:1: rule lrn: mode must be identity or taylor",
+        ),
     ],
-)  # fmt: skip
+)
 def test_config_errors_name_file_and_line(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(text, source="cfg.yaml")
