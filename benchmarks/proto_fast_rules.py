@@ -8,6 +8,8 @@ Fast paths (everything else falls back to the engine's own code):
 
 - epsilon with bias kept: ``den = z`` (forward output), one transpose;
 - flat: the denominator ``W1 . 1`` depends only on the shape: computed once and cached;
+- z-plus on a signed input (the pixel layer, blocks without a final ReLU): one map of the
+  stacked ``[a+, a-]`` with ``[W+, W-]`` (groups == 1), forward and transposed;
 - z-plus, gamma, alpha-beta on a non-negative input (after a ReLU), bias kept:
   one extra forward ``P = W+ a + b+`` with the bias fused into the convolution (``P >= 0``,
   so z-plus's stabiliser ``+eps`` goes into that bias as well); gamma's two
@@ -27,14 +29,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine import _build_model  # noqa: E402
+from bench_engine import _build_model, _Clock, engine_fingerprint, wait_for_quiet  # noqa: E402
 
 FAST = {"on": False}
 HITS: dict[str, int] = {}  # fused-path calls per rule name (the rest fell back)
@@ -92,19 +93,32 @@ def fast_relevance(rule, op, a, z, r, nonnegative, cache):
         return None
     if type(rule) is R.EpsilonRule:
         return _transpose(op, _stab_div(r, z, eps), op.weight, a).mul_(a)
-    if not nonnegative:
-        return None
     w_pos = R._weight(op, R.POSITIVE, cache)
     b_pos = R._bias(op, R.POSITIVE, cache) if has_bias else None
     if isinstance(rule, R.ZPlusRule):
-        # a >= 0, W+ >= 0, b+ >= 0: the denominator is >= 0, so its stabiliser is +eps
-        # everywhere and goes into the convolution's bias (no sign, no extra pass)
+        # W+ a+ + W- a- + b+ >= 0: the stabiliser is +eps everywhere and goes into the
+        # convolution's bias (no sign, no extra pass)
         key = ("bias+eps", eps)
         if key not in cache:
             cache[key] = b_pos + eps if has_bias else op.weight.new_full((op.weight.shape[0],), eps)
-        den = op.forward(a, w_pos, cache[key])
+        if nonnegative:
+            den = op.forward(a, w_pos, cache[key])
+            s = torch.div(r, den, out=den)
+            return _transpose(op, s, w_pos, a).mul_(a)
+        if isinstance(op, ConvOp) and op.groups != 1:
+            return None
+        # signed input: one map of [a+, a-] (channels stacked) with [W+, W-]
+        if "W+|W-" not in cache:
+            cache["W+|W-"] = torch.cat([w_pos, R._weight(op, R.NEGATIVE, cache)], 1)
+        a_pos = a.clamp(min=0)
+        stacked = torch.cat([a_pos, a - a_pos], 1)
+        den = op.forward(stacked, cache["W+|W-"], cache[key])
         s = torch.div(r, den, out=den)
-        return _transpose(op, s, w_pos, a).mul_(a)
+        g = _transpose(op, s, cache["W+|W-"], stacked).mul_(stacked)
+        half = a.shape[1]
+        return g[:, :half].add_(g[:, half:])
+    if not nonnegative:
+        return None
     if isinstance(rule, R.GammaRule):
         g = rule.gamma
         p = op.forward(a, w_pos, b_pos)  # W+ a + b+
@@ -200,6 +214,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--check", action="store_true", help="float64 agreement only")
+    p.add_argument("--quiet-wait", type=float, default=30.0, help="as in bench_engine.py")
+    p.add_argument("--max-busy", type=float, default=0.15, help="as in bench_engine.py")
+    p.add_argument("--retries", type=int, default=3, help="as in bench_engine.py")
     args = p.parse_args(argv)
     presets = args.presets.split(",")
     if args.threads:
@@ -233,15 +250,21 @@ def main(argv=None) -> int:
             calls[("prototype", preset)] = lambda e=explainer, x=x: _explain(e, x, True)
         times = {key: [] for key in calls}
         keys = list(calls)
+        clock = _Clock(torch, torch.device("cpu"))
         for index in range(args.runs + 1):
             shift = index % len(keys)
             for key in keys[shift:] + keys[:shift]:
-                start = time.perf_counter()
-                calls[key]()
+                for attempt in range(args.retries + 1):  # redo calls disturbed by other work
+                    wait_for_quiet(args.quiet_wait)
+                    measured, _ = clock(calls[key])
+                    busy = measured["busy"] or 0.0
+                    if busy <= args.max_busy or attempt == args.retries:
+                        break
                 if index:  # round 0 is the warm-up
-                    times[key].append(time.perf_counter() - start)
+                    times[key].append(measured["wall"])
         grad = statistics.median(times[("gradient", "-")])
         print(f"\n{name}, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+              f"engine {engine_fingerprint()}, "
               f"median of {args.runs} (round-robin after a warm-up round)")  # fmt: skip
         print(f"{'method':<11}{'preset':<28}{'median s':>9}{'x grad':>8}  max|diff|/max|R|")
         for (method, preset), values in times.items():

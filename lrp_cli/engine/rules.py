@@ -183,15 +183,16 @@ class LinearRule:
         sources = _Sources(a, nonnegative, bounds)
         products = _Products(op, z, sources, cache)
         signals: dict[tuple[str, ParamMod], Tensor] = {}
-        for group in self.groups():
-            terms = [t for t in group.terms if not sources.is_zero(t.source)]
-            if not terms:
-                continue
+        groups = [(g, [t for t in g.terms if not sources.is_zero(t.source)]) for g in self.groups()]
+        groups = [(g, terms) for g, terms in groups if terms]
+        for group, terms in groups:
             if len(terms) == 1 and _is_plain(terms[0], op):
                 den = z  # the forward pass's own output: no second forward
+            elif len(groups) == 1 and len(terms) == 1 and terms[0].sign == 1:
+                den = products.fused(terms[0])  # z-plus, flat, w-square: bias added by the op
             else:
                 den = _sum(_scaled(t.sign, products.with_bias(t)) for t in terms)
-            scratch = den is not z and not products.holds(den)
+            scratch = den is not z and not products.holds(den) and den.shape == r.shape
             s = _divide(_masked(r, z, group.mask), den, self.stabilizer, scratch)
             del den
             for term in terms:
@@ -226,6 +227,14 @@ class _Products:
     def __init__(self, op: LinearOp, z: Tensor, sources: _Sources, cache: dict):
         self.op, self.z, self.sources, self.cache = op, z, sources, cache
         self.memo: dict[tuple[str, ParamMod], Tensor] = {}
+
+    def fused(self, term: Term) -> Tensor:
+        """``W' src + b'`` in one call of the layer, for a term nothing else shares."""
+        bias = None
+        if term.bias is not None and self.op.bias is not None:
+            bias = _bias(self.op, term.bias, self.cache)
+        weight = _weight(self.op, term.weight, self.cache)
+        return self.op.forward(self.sources.get(term.source), weight, bias)
 
     def holds(self, t: Tensor) -> bool:
         return any(t is value for value in self.memo.values())
