@@ -20,7 +20,7 @@ changed: the plan only reads its modules.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +102,6 @@ class Plan:
     graph_module: fx.GraphModule
     steps: list[Step]
     output: fx.Node
-    linear_steps: list[Step] = field(default_factory=list)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -165,7 +164,7 @@ def build_plan(model: nn.Module) -> Plan:
     linear = [s for s in ordered if s.kind == "linear" and _exact_type(s.module, LINEAR_MODULES)]
     for index, step in enumerate(linear):
         step.position = index
-    return Plan(gm, ordered, output, linear)
+    return Plan(gm, ordered, output)
 
 
 def _constant_step(node: fx.Node, modules: dict) -> Step:
