@@ -6,6 +6,7 @@ concatenation. LRP-0 everywhere also equals gradient x input on these (piecewise
 """
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,3 +188,19 @@ def test_functional_and_shared_layers_conserve():
     torch.testing.assert_close(result.logits, model(x))
     logit = result.logits.gather(1, result.targets[:, None]).squeeze(1)
     torch.testing.assert_close(result.relevance.sum((1, 2, 3)), logit, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-alpha2-beta1-flat"])
+def test_float32_stays_close_to_float64_on_the_builtin_model(preset):
+    """Guards against algebra that cancels in float32 (e.g. W- a computed as W a - W+ a)."""
+    from lrp_cli.images import crop_image, load_image, to_tensor
+
+    loaded = load_model("efficientnet_lite0")
+    path = Path(__file__).parent.parent / "sample_images" / "coffee-cup.jpg"
+    photo = crop_image(load_image(path), loaded.preprocessing)
+    x = to_tensor(photo, loaded.preprocessing)[None]
+    explainer = Explainer(loaded.module, load_config(preset).composite(),
+                          input_bounds=loaded.preprocessing.bounds())  # fmt: skip
+    single = explainer(x).relevance.double()
+    double = explainer(x.double()).relevance
+    assert (single - double).abs().max() <= 1e-4 * double.abs().max()
