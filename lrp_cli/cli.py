@@ -275,6 +275,19 @@ _config_option = _option(
 )
 
 
+def _configs_option(default: list[str], help: str) -> Callable:
+    """``-c/--config`` given several times: the configs (or baselines) to put side by side."""
+    return _option(
+        "-c",
+        "--config",
+        "configs",
+        multiple=True,
+        default=default,
+        shell_complete=_complete_presets,
+        help=help,
+    )
+
+
 def _load_model(opt: dict[str, Any]):
     """The model that the model options name (after the config: that check is quicker)."""
     from .models import load_model
@@ -532,14 +545,8 @@ def inspect(**opt: Any) -> None:
 @main.command()
 @_input_options
 @_model_options
-@_option(
-    "-c",
-    "--config",
-    "configs",
-    multiple=True,
-    default=[DEFAULT_CONFIG],
-    shell_complete=_complete_presets,
-    help="Rule config to evaluate (preset or YAML file); repeat to compare several.",
+@_configs_option(
+    [DEFAULT_CONFIG], "Rule config to evaluate (preset or YAML file); repeat to compare several."
 )
 @_option(
     "--baseline",
@@ -687,14 +694,9 @@ def _write_results(results, json_path: Path | None, plot: Path | None, evaluatio
 @main.command()
 @_input_options
 @_model_options
-@_option(
-    "-c",
-    "--config",
-    "configs",
-    multiple=True,
-    default=["epsilon", "epsilon-plus-flat", "epsilon-gamma-box", "gradient"],
-    shell_complete=_complete_presets,
-    help="A column: a preset, a YAML file, or the baseline gradient or gradient-x-input; "
+@_configs_option(
+    ["epsilon", "epsilon-plus-flat", "epsilon-gamma-box", "gradient"],
+    "A column: a preset, a YAML file, or the baseline gradient or gradient-x-input; "
     "repeat for more columns, drawn in the order given.",
 )
 @_option("-t", "--target", default="top1", help="Class: top1, a class index or a class name.")
