@@ -11,6 +11,7 @@ from lrp_cli.engine import (
     EpsilonRule,
     FlatRule,
     GammaRule,
+    LinearRule,
     WSquareRule,
     ZBoxRule,
     ZeroRule,
@@ -120,18 +121,27 @@ def _dense(conv, shape):
 
 @pytest.mark.parametrize("name", RULES)
 @pytest.mark.parametrize("groups", [1, 2])
-def test_rule_on_conv_layer_matches_formula(name, groups):
+@pytest.mark.parametrize("signed", [True, False], ids=["signed-input", "relu-input"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_rule_on_conv_layer_matches_formula(name, groups, signed, bias):
+    """Also after a ReLU (the rules' shortcuts for a >= 0) and without bias, where a zero
+    input patch makes z exactly 0 (no relevance, no division by zero)."""
     rule = RULES[name]()
-    conv = nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=groups).to(DT)
+    conv = nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=groups, bias=bias).to(DT)
     with torch.no_grad():  # nonzero weights, so the dense matrix's zeros mark the field edge
         conv.weight.copy_(conv.weight.sign() * (conv.weight.abs() + 0.05))
     a = torch.randn(1, 2, 5, 5, dtype=DT)
+    a = a if signed else a.relu()
+    a[..., :3, :3] = 0  # a dead patch
     op = make_linear_op(conv, None, DT, "cpu")
     z = op.forward(a, op.weight, op.bias)
+    assert bias or (z == 0).any()
     R = torch.randn_like(z)
-    ours = _run(rule, op, a, R).flatten()
+    ours = _run(rule, op, a, R, nonnegative=not signed).flatten()
     W = _dense(conv, (1, 2, 5, 5))
-    b = conv.bias.detach().repeat_interleave(z[0, 0].numel())
+    b = (conv.bias.detach() if bias else torch.zeros(4, dtype=DT)).repeat_interleave(
+        z[0, 0].numel()
+    )
     n = a.numel()
     expected = reference(rule, W, b, a.flatten(), R.flatten(), low=[-1.5] * n, high=[2.0] * n)
     torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-12)
@@ -216,3 +226,42 @@ def test_batchnorm_folding_is_exact():
     torch.testing.assert_close(
         op.forward(x, op.weight, op.bias), bn(conv(x)), rtol=1e-13, atol=1e-13
     )
+
+
+@pytest.mark.parametrize("layer", ["dense", "conv", "grouped-conv", "batchnorm"])
+def test_gamma_shortcut_after_relu_matches_general_mechanism(layer):
+    """GammaRule's closed form for a >= 0 against the same groups through the general
+    mechanism (LinearRule.relevance), with dead units (z == 0) included."""
+    module, shape = {
+        "dense": (nn.Linear(6, 5), (3, 6)),
+        "conv": (nn.Conv2d(3, 5, 3, padding=1), (2, 3, 6, 6)),
+        "grouped-conv": (nn.Conv2d(4, 6, 3, padding=1, groups=2), (2, 4, 6, 6)),
+        "batchnorm": (nn.BatchNorm2d(3), (2, 3, 4, 4)),
+    }[layer]
+    module = module.to(DT).eval()
+    if layer == "batchnorm":
+        with torch.no_grad():
+            module.weight.uniform_(-1, 1), module.bias.uniform_(-1, 1)
+    op = make_linear_op(module, None, DT, "cpu")
+    a = torch.randn(shape, dtype=DT).relu()
+    a[0] = 0  # z == bias: dead units where the bias is 0 too
+    z = op.forward(a, op.weight, op.bias)
+    R = torch.randn_like(z)
+    for gamma in (0.25, 3.0):
+        rule = GammaRule(gamma=gamma, stabilizer=1e-3)
+        fast = rule.relevance(op, a, z, R, nonnegative=True)
+        general = LinearRule.relevance(rule, op, a, z, R, nonnegative=True)
+        torch.testing.assert_close(fast, general, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_channels_last_input_gives_the_same_relevance(name):
+    conv = nn.Conv2d(3, 8, 3, padding=1).to(DT)
+    op = make_linear_op(conv, None, DT, "cpu")
+    a = torch.randn(2, 3, 7, 7, dtype=DT).relu()
+    R = torch.randn(2, 8, 7, 7, dtype=DT)
+    plain = _run(RULES[name](), op, a, R, nonnegative=True)
+    op.weight = op.weight.contiguous(memory_format=torch.channels_last)
+    last = _run(RULES[name](), op, a.contiguous(memory_format=torch.channels_last),
+                R.contiguous(memory_format=torch.channels_last), nonnegative=True)  # fmt: skip
+    torch.testing.assert_close(last, plain, rtol=1e-9, atol=1e-12)  # summation order

@@ -15,11 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _CONV_FORWARD = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_INPUT_GRAD = {
-    1: torch.nn.grad.conv1d_input,
-    2: torch.nn.grad.conv2d_input,
-    3: torch.nn.grad.conv3d_input,
-}
 
 
 @dataclass
@@ -29,10 +24,27 @@ class LinearOp:
     weight: Tensor
     bias: Tensor | None
 
+    input_dim = 1  # the input's feature dim, along which stacked inputs are concatenated
+
+    @property
+    def stackable(self) -> bool:
+        """Whether inputs (and weights, along ``input_dim``) can be stacked into one call."""
+        return False
+
+    def stacked_like(self, a: Tensor, copies: int) -> Tensor:
+        """An uninitialised tensor like ``a`` (an input or output) with ``copies`` times its
+        features: the shape of a stacked transposed map's input or signal."""
+        shape = list(a.shape)
+        shape[self.input_dim] *= copies
+        if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last):
+            return a.new_empty(shape).contiguous(memory_format=torch.channels_last)
+        return a.new_empty(shape)
+
     def forward(self, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError
 
-    def transpose(self, s: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
+    def transpose(self, s: Tensor, weight: Tensor, a: Tensor) -> Tensor:
+        """``W^T s`` shaped like the layer's input ``a`` (whose values are not read)."""
         raise NotImplementedError
 
     def broadcast_bias(self, bias: Tensor, out: Tensor) -> Tensor:
@@ -50,24 +62,46 @@ class ConvOp(LinearOp):
     dilation: tuple = (1, 1)
     groups: int = 1
 
+    @property
+    def stackable(self):
+        return self.groups == 1
+
     def forward(self, a, weight, bias):
         conv = _CONV_FORWARD[self.dims]
         return conv(a, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
-    def transpose(self, s, weight, input_shape):
-        grad = _CONV_INPUT_GRAD[self.dims]
-        return grad(input_shape, weight, s, self.stride, self.padding, self.dilation, self.groups)
+    def transpose(self, s, weight, a):
+        # the real input, not torch.nn.grad's expanded dummy, which oneDNN copies in full
+        return torch.ops.aten.convolution_backward(
+            s,
+            a,
+            weight,
+            None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            False,
+            [0] * self.dims,
+            self.groups,
+            (True, False, False),
+        )[0]
 
 
 @dataclass
 class DenseOp(LinearOp):
+    input_dim = -1
+
+    @property
+    def stackable(self):
+        return True
+
     def forward(self, a, weight, bias):
         return F.linear(a, weight, bias)
 
     def broadcast_bias(self, bias, out):
         return bias  # features are the last dim
 
-    def transpose(self, s, weight, input_shape):
+    def transpose(self, s, weight, a):
         return s @ weight
 
 
@@ -82,7 +116,7 @@ class AffineOp(LinearOp):
         out = a * weight.view(self._shape(a))
         return out if bias is None else out + bias.view(self._shape(a))
 
-    def transpose(self, s, weight, input_shape):
+    def transpose(self, s, weight, a):
         return s * weight.view(self._shape(s))
 
 
