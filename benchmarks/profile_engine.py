@@ -59,18 +59,27 @@ def _label(owner, name: str, label: str) -> None:
 
 
 def instrument() -> None:
-    from lrp_cli.engine import explainer, linear, rules
+    from lrp_cli.engine import explainer, linear, rules, terms
 
     _label(explainer.Explainer, "_forward", "ours.forward")
     _label(explainer.Explainer, "_backward", "ours.backward")
     _label(explainer.Explainer, "_vjp", "vjp")
     _label(explainer.Explainer, "_norm", "norm")
-    _label(rules.LinearRule, "relevance", "rule.relevance")
+    for cls in (rules.LinearRule, *_subclasses(rules.LinearRule)):
+        if "relevance" in vars(cls):  # rules with their own closed form too
+            _label(cls, "relevance", "rule.relevance")
     for cls in (linear.ConvOp, linear.DenseOp, linear.AffineOp):
         _label(cls, "forward", "linear.forward")
         _label(cls, "transpose", "linear.transpose")
-    _label(rules, "_divide", "divide")
-    _label(rules, "_masked", "mask")
+    _label(terms, "divide", "divide")
+    _label(terms, "_masked", "mask")
+
+
+def _subclasses(cls) -> list:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
 
 
 def main(argv=None) -> int:

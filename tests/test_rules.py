@@ -229,8 +229,9 @@ def test_batchnorm_folding_is_exact():
 
 
 @pytest.mark.parametrize("layer", ["dense", "conv", "grouped-conv", "batchnorm"])
-def test_gamma_shortcut_after_relu_matches_general_mechanism(layer):
-    """GammaRule's closed form for a >= 0 against the same groups through the general
+@pytest.mark.parametrize("signed", [True, False], ids=["signed-input", "relu-input"])
+def test_gamma_closed_form_matches_general_mechanism(layer, signed):
+    """GammaRule's one-denominator form against the same groups through the general
     mechanism (LinearRule.relevance), with dead units (z == 0) included."""
     module, shape = {
         "dense": (nn.Linear(6, 5), (3, 6)),
@@ -243,14 +244,15 @@ def test_gamma_shortcut_after_relu_matches_general_mechanism(layer):
         with torch.no_grad():
             module.weight.uniform_(-1, 1), module.bias.uniform_(-1, 1)
     op = make_linear_op(module, None, DT, "cpu")
-    a = torch.randn(shape, dtype=DT).relu()
+    a = torch.randn(shape, dtype=DT)
+    a = a if signed else a.relu()
     a[0] = 0  # z == bias: dead units where the bias is 0 too
     z = op.forward(a, op.weight, op.bias)
     R = torch.randn_like(z)
     for gamma in (0.25, 3.0):
         rule = GammaRule(gamma=gamma, stabilizer=1e-3)
-        fast = rule.relevance(op, a, z, R, nonnegative=True)
-        general = LinearRule.relevance(rule, op, a, z, R, nonnegative=True)
+        fast = rule.relevance(op, a, z, R, nonnegative=not signed)
+        general = LinearRule.relevance(rule, op, a, z, R, nonnegative=not signed)
         torch.testing.assert_close(fast, general, rtol=1e-12, atol=1e-14)
 
 

@@ -36,9 +36,9 @@ class LinearOp:
         features: the shape of a stacked transposed map's input or signal."""
         shape = list(a.shape)
         shape[self.input_dim] *= copies
-        if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last):
-            return a.new_empty(shape).contiguous(memory_format=torch.channels_last)
-        return a.new_empty(shape)
+        channels_last = a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        return torch.empty(shape, dtype=a.dtype, device=a.device, memory_format=layout)
 
     def forward(self, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError
