@@ -190,9 +190,12 @@ def test_functional_and_shared_layers_conserve():
     torch.testing.assert_close(result.relevance.sum((1, 2, 3)), logit, rtol=1e-9, atol=0)
 
 
-@pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-alpha2-beta1-flat"])
+@pytest.mark.parametrize(
+    "preset", ["epsilon-plus-flat", "epsilon-alpha2-beta1-flat", "epsilon-gamma-box"]
+)
 def test_float32_stays_close_to_float64_on_the_builtin_model(preset):
-    """Guards against algebra that cancels in float32 (e.g. W- a computed as W a - W+ a)."""
+    """Guards against algebra that cancels in float32 (e.g. W- a computed as W a - W+ a);
+    float32 on the CPU also runs channels-last, float64 does not."""
     from lrp_cli.images import crop_image, load_image, to_tensor
 
     loaded = load_model("efficientnet_lite0")
@@ -204,3 +207,20 @@ def test_float32_stays_close_to_float64_on_the_builtin_model(preset):
     single = explainer(x).relevance.double()
     double = explainer(x.double()).relevance
     assert (single - double).abs().max() <= 1e-4 * double.abs().max()
+
+
+@pytest.mark.parametrize("preset", ["epsilon-plus", "epsilon-gamma-box"])
+def test_channels_last_changes_only_rounding(preset):
+    torch.manual_seed(0)
+    model = randomize_batchnorm(_build("resnet18")).eval()
+    x = torch.randn(2, 3, 48, 48)
+    bounds = (-2.2, 2.7)
+    results = {
+        layout: Explainer(
+            model, load_config(preset).composite(), input_bounds=bounds, channels_last=layout
+        )(x).relevance
+        for layout in (False, True)
+    }
+    assert all(r.is_contiguous() for r in results.values())  # the input's layout back
+    difference = (results[True] - results[False]).abs().max()
+    assert difference <= 1e-4 * results[False].abs().max()
