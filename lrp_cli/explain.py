@@ -18,6 +18,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -197,6 +198,14 @@ class _Entry:
     indexed: bool = False  # outputs named NAME.0.png, NAME.1.png... (an (N,C,H,W) .npy)
     rows: Any = None  # the decoded (n, C, H, W) input
     records: list[dict[str, Any]] | None = None  # set once explained, failed or skipped
+    writing: list[Future] | None = None  # its records, while its files are being written
+
+    def settled(self, wait: bool) -> bool:
+        """Whether its records are known; with ``wait``, wait for its files to be written."""
+        if self.writing is not None and (wait or all(f.done() for f in self.writing)):
+            self.records = [f.result() for f in self.writing]
+            self.writing = None
+        return self.records is not None
 
 
 class BatchExplainer:
@@ -263,12 +272,16 @@ class BatchExplainer:
             if on_item is not None and on_item(records) is False:
                 raise _Stop
 
+        # heatmaps are rendered and written in a thread while the next batch is explained
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrp-writer")
         try:
             self._explain([self._plan(item, claimed) for item in items], report)
         except KeyboardInterrupt:
             summary.interrupted = True
         except _Stop:
             summary.stopped = True
+        finally:  # a file being written is finished (atomically), queued ones are dropped
+            self._writer.shutdown(wait=True, cancel_futures=True)
         return summary
 
     # ---------------------------------------------------------------------------- planning
@@ -344,20 +357,21 @@ class BatchExplainer:
 
     def _settle(self, pending: list[_Entry], report, final: bool) -> None:
         """Report settled inputs from the front; explain a batch whenever one is full."""
-        while pending:
-            if pending[0].records is not None:
+        while True:
+            while pending and pending[0].settled(wait=final):
                 report(pending.pop(0).records)
-                continue
             group, rows = [], 0
             for entry in pending:
-                if entry.records is None:
+                if entry.records is None and entry.writing is None:
                     group.append(entry)
                     rows += len(entry.rows)
                     if rows >= self.options.batch_size:
                         break
-            if rows < self.options.batch_size and not final:
+            if not group or (rows < self.options.batch_size and not final):
                 return
             self._explain_group(group)
+            for entry in pending[: pending.index(group[0])]:  # at most one batch behind
+                entry.settled(wait=True)
 
     def _explain_group(self, group: list[_Entry]) -> None:
         """Explain a batch and write its outputs; every entry gets its records."""
@@ -380,11 +394,12 @@ class BatchExplainer:
         for entry in group:
             if len(entry.outputs) != len(entry.rows):  # the .npy file changed since planning
                 entry.outputs = self._outputs(entry.item, len(entry.rows))
-            entry.records = []
+            entry.writing = []
             for k, sample in enumerate(entry.rows):
                 i = row + k
                 scores = (logits[i], probabilities[i], targets[i])
-                entry.records.append(self._finish(entry, k, maps[i], sample, scores, share))
+                work = (self._finish, entry, k, maps[i], sample, scores, share)
+                entry.writing.append(self._writer.submit(*work))
             row += len(entry.rows)
             entry.rows = None
 

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -188,10 +189,10 @@ def _override(
 
 
 def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet class names, from torchvision's bundled metadata (offline)."""
-    import torchvision
-
-    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1000 ImageNet class names (torchvision's, shipped as text: importing torchvision
+    only for them would cost a second of start-up)."""
+    text = resources.files("lrp_cli").joinpath("imagenet_classes.txt").read_text("utf-8")
+    return text.splitlines()
 
 
 # --- the built-in model -------------------------------------------------------------------------

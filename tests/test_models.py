@@ -390,3 +390,12 @@ def test_callable_model_errors(user_module):
 def test_importing_models_module_does_not_import_torch():
     code = "import sys, lrp_cli.models; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_shipped_class_names_are_torchvisions():
+    import torchvision
+
+    from lrp_cli.models import imagenet_categories
+
+    expected = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
+    assert imagenet_categories() == list(expected)
