@@ -257,6 +257,13 @@ def make_call(method: str, preset: str | None, model, model_name: str, x, bounds
             return grad
 
         return call, lambda: None
+    if method == "gradient-cl":  # the same gradient with model and input channels-last
+        import copy
+
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        call, close = make_call("gradient", None, model, model_name, x, bounds, device)
+        return call, close
     if method == "ours":
         from lrp_cli.config import load_config
         from lrp_cli.engine import Explainer
@@ -549,7 +556,7 @@ def _fmt(value, spec: str) -> str:
 def print_table(results: list[dict], file=sys.stdout) -> None:
     """One row per case; ratios are to the same model's gradient."""
     header = (
-        f"{'model':<19}{'method':<9}{'preset':<26}{'median s':>9}{'x grad':>7}{'paired':>7}"
+        f"{'model':<19}{'method':<12}{'preset':<26}{'median s':>9}{'x grad':>7}{'paired':>7}"
         f"{'cpu s':>8}{'x grad':>7}{'img/s':>7}{'peak MiB':>9}{'x grad':>7}{'RSS MiB':>8}"
         f"{'x grad':>7}{'busy':>6}  target"
     )
@@ -562,7 +569,7 @@ def print_table(results: list[dict], file=sys.stdout) -> None:
         last_model = r["model"]
         preset = r.get("preset") or "-"
         if "error" in r:
-            print(f"{r['model']:<19}{r['method']:<9}{preset:<26}  ERROR: {r['error']}", file=file)
+            print(f"{r['model']:<19}{r['method']:<12}{preset:<26}  ERROR: {r['error']}", file=file)
             continue
         verdict = ""
         if r["method"] == "ours" and r.get("time_ratio") is not None:
@@ -575,7 +582,7 @@ def print_table(results: list[dict], file=sys.stdout) -> None:
             verdict += f" (<={MEMORY_TARGET}x)"
         busy = max((v for v in r.get("others_busy", []) if v is not None), default=None)
         print(
-            f"{r['model']:<19}{r['method']:<9}{preset:<26}{r['median_s']:>9.3f}"
+            f"{r['model']:<19}{r['method']:<12}{preset:<26}{r['median_s']:>9.3f}"
             f"{_fmt(r.get('time_ratio'), '.2f'):>7}{_fmt(r.get('time_ratio_paired'), '.2f'):>7}"
             f"{r['cpu_median_s']:>8.2f}{_fmt(r.get('cpu_ratio'), '.2f'):>7}"
             f"{r['images_per_s']:>7.2f}{_fmt(r.get('peak_mib'), '.0f'):>9}"
@@ -642,6 +649,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="calls after the warm-up in each memory process (default 1; 0 with --quick)",
     )
     p.add_argument("--no-memory", action="store_true", help="time only, no memory processes")
+    p.add_argument(
+        "--gradient-cl",
+        action="store_true",
+        help="also time the gradient with model and input in channels-last (the engine's "
+        "layout on the CPU), a second reference",
+    )
     p.add_argument(
         "--quiet-wait",
         type=float,
@@ -736,6 +749,8 @@ def main(argv=None) -> int:
     try:
         for model in args.models:
             methods = [("gradient", None)]
+            if args.gradient_cl:
+                methods.append(("gradient-cl", None))
             for preset in args.presets:
                 methods.append(("ours", preset))
                 if zennit and preset in ZENNIT_COMPOSITES:
