@@ -192,7 +192,11 @@ class Explainer:
     def _plan_memory(self) -> list[list[fx.Node]]:
         """For each step, the values the forward can drop after it: the relevance pass needs
         only linear layers' inputs (and outputs where the rule divides by them), the operands
-        of sums and the inputs of ops whose vector-Jacobian product is re-run."""
+        of sums and the inputs of ops whose vector-Jacobian product is re-run.
+
+        An activation whose input is kept anyway (``relu(z)`` after a gamma layer or a
+        residual sum) is not kept but recomputed in the relevance pass (``_recompute``): one
+        cheap pass instead of a second copy of the layer's output for the whole pass."""
         keep = {self._logits_node}
         for step in self.plan.steps:
             inputs = self._graph_inputs(step.node)
@@ -208,6 +212,13 @@ class Explainer:
                 keep.add(step.node)
             elif step.kind in ("move", "maxpool", "lrn") and id(step) not in self._pools:
                 keep.update(inputs)
+        self._recompute: dict[fx.Node, Step] = {}
+        for step in self.plan.steps:  # deterministic activations (ReLU, sigmoid...) only
+            inputs = self._graph_inputs(step.node)
+            if step.kind == "pass" and step.nonnegative and step.node in keep and len(inputs) == 1:
+                if inputs[0] in keep and inputs[0] not in self._recompute:
+                    keep.discard(step.node)
+                    self._recompute[step.node] = step
         last_use = {}
         for index, step in enumerate(self.plan.steps):
             for node in step.node.all_input_nodes:
@@ -252,6 +263,9 @@ class Explainer:
         for step in reversed(self.plan.steps):
             node = step.node
             if node in relevance and step.kind not in ("constant", "input"):
+                for value_node in node.all_input_nodes:
+                    if value_node in self._recompute and value_node not in env:
+                        env[value_node] = self._call(self._recompute[value_node], env.__getitem__)
                 for source, value in self._propagate(step, env, relevance.pop(node)):
                     _accumulate(relevance, source, value)
             elif step.kind == "input":

@@ -196,12 +196,8 @@ def _gamma_closed_form(
     """
     up, down = ParamMod("gamma+", gamma), ParamMod("gamma-", gamma)
 
-    def weight(*mods):  # the modified weights side by side along the input dim
-        return cached(
-            cache,
-            ("gamma weights", gamma) + mods,
-            lambda: torch.cat([modified_weight(op, m, cache) for m in mods], 1),
-        )
+    def side_by_side(*mods):  # modified weights along the input dim (not cached one by one)
+        return torch.cat([m(op.weight) for m in mods], 1)
 
     def shifted_bias():
         if op.bias is None:
@@ -213,7 +209,8 @@ def _gamma_closed_form(
     if len(parts) == 1:
         zp = op.forward(a, modified_weight(op, POSITIVE, cache), bias)
     elif op.stackable:
-        zp = op.forward(torch.cat(parts, op.input_dim), weight(POSITIVE, NEGATIVE), bias)
+        weight = cached(cache, ("gamma sign parts",), lambda: side_by_side(POSITIVE, NEGATIVE))
+        zp = op.forward(torch.cat(parts, op.input_dim), weight, bias)
     else:
         zp = op.forward(parts[0], modified_weight(op, POSITIVE, cache), bias)
         zp.add_(op.forward(parts[1], modified_weight(op, NEGATIVE, cache), None))
@@ -236,7 +233,9 @@ def _gamma_closed_form(
         stacked = cached(
             cache,
             ("gamma stacked weight", gamma, len(parts)),
-            lambda: torch.cat([weight(*[m[0] for m in mods]), weight(*[m[1] for m in mods])]),
+            lambda: torch.cat(
+                [side_by_side(*[m[0] for m in mods]), side_by_side(*[m[1] for m in mods])]
+            ),
         )
         like = a if len(parts) == 1 else op.stacked_like(a, len(parts))
         out = op.transpose(signal, stacked, like).chunk(len(parts), op.input_dim)
