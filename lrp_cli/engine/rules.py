@@ -214,22 +214,26 @@ def _gamma_closed_form(
     else:
         zp = op.forward(parts[0], modified_weight(op, POSITIVE, cache), bias)
         zp.add_(op.forward(parts[1], modified_weight(op, NEGATIVE, cache), None))
-    positive = z > 0
-    den = torch.sub(z, zp)
-    torch.where(positive, zp, den, out=den)
+    positive, negative = z > 0, z < 0
+    zero = z.new_zeros(())
+    # the denominator, then the signal s, is computed in place; where the layer stacks, in
+    # the upper half of the stacked signal, whose lower half gets the negative group's part
+    if op.stackable:
+        signal = op.stacked_like(z, 2)
+        s, lower = signal.chunk(2, op.input_dim)
+        torch.sub(z, zp, out=s)
+    else:
+        s = torch.sub(z, zp)
+    torch.where(positive, zp, s, out=s)
     del zp
-    s = torch.div(r, torch.add(z, den, alpha=gamma, out=den), out=den)
-    negative = z < 0
-    zero = s.new_zeros(())
+    torch.div(r, torch.add(z, s, alpha=gamma, out=s), out=s)
     # the modified weight of each (signal half, input part): a+ sees gamma+ from the positive
     # group and gamma- from the negative one, a- the other way round
     mods = [(up, down), (down, up)][: len(parts)]
     if op.stackable:  # everything through one transposed map
-        signal = op.stacked_like(s, 2)
-        upper, lower = signal.chunk(2, op.input_dim)
-        torch.where(positive, s, zero, out=upper)
         torch.where(negative, s, zero, out=lower)
-        del s
+        torch.where(positive, s, zero, out=s)  # the upper half: the positive group's part
+        del s, lower
         stacked = cached(
             cache,
             ("gamma stacked weight", gamma, len(parts)),
@@ -240,8 +244,9 @@ def _gamma_closed_form(
         like = a if len(parts) == 1 else op.stacked_like(a, len(parts))
         out = op.transpose(signal, stacked, like).chunk(len(parts), op.input_dim)
     else:
-        halves = torch.where(positive, s, zero), torch.where(negative, s, zero)
-        del s
+        lower = torch.where(negative, s, zero)
+        halves = torch.where(positive, s, zero, out=s), lower  # the upper half in place
+        del s, lower
         out = []
         for up_or_down, down_or_up in mods:
             part = op.transpose(halves[0], modified_weight(op, up_or_down, cache), a)
