@@ -1,6 +1,6 @@
 """``python -m lrp_cli``: the same as the ``lrp`` command."""
 
-from .cli import main
+from .cli import console_main
 
 if __name__ == "__main__":
-    main(prog_name="lrp")
+    console_main()
