@@ -16,10 +16,10 @@ from torch import Tensor
 
 from .linear import LinearOp
 from .terms import (
+    DATA_SOURCES,
     IDENTITY,
     NEGATIVE,
     POSITIVE,
-    SOURCES,
     Group,
     ParamMod,
     Term,
@@ -72,7 +72,7 @@ class LinearRule:
                 return True
             for term in terms:
                 basis = term.weight.basis()
-                if basis is not None and basis[0] != 0 and term.source in SOURCES[:3]:
+                if basis is not None and basis[0] != 0 and term.source in DATA_SOURCES:
                     return True
         return False
 

@@ -30,8 +30,7 @@ from torch import Tensor
 
 from .linear import LinearOp
 
-SOURCES = ("input", "positive", "negative", "ones", "low", "high")
-_DATA_SOURCES = ("input", "positive", "negative")  # batch-sized; the others broadcast
+DATA_SOURCES = ("input", "positive", "negative")  # batch-sized; the others broadcast
 
 
 @dataclass(frozen=True)
@@ -272,12 +271,12 @@ class _Products:
     def _on_basis(self, term: Term) -> bool:
         """Whether the product is cheaper from ``z``: ``W a`` (plus ``W+ a``) on a data source."""
         basis = term.weight.basis()
-        return basis is not None and basis[0] != 0 and term.source in _DATA_SOURCES
+        return basis is not None and basis[0] != 0 and term.source in DATA_SOURCES
 
     def _stackable(self, terms: list[Term]) -> bool:
         if len(terms) == 1:
             return True
-        data = all(t.source in _DATA_SOURCES for t in terms)
+        data = all(t.source in DATA_SOURCES for t in terms)
         return data and self.op.stackable and all(t.sign == 1 for t in terms)
 
     def _sign(self, term: Term) -> int:
@@ -329,7 +328,7 @@ class _Products:
     def _product(self, source: str, mod: ParamMod) -> Tensor:
         source = self.sources.canonical(source)
         basis = mod.basis()
-        if basis is None or source not in _DATA_SOURCES:
+        if basis is None or source not in DATA_SOURCES:
             return self._direct(source, mod)
         parts = [
             _scaled(coefficient, self._basis(source, mod))
