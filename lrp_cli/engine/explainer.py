@@ -97,7 +97,7 @@ class Explainer:
             for s in self.plan.steps
             if self.composite.maxpool == "winner-take-all" and (params := _maxpool2d_params(s))
         }
-        self._drop_after = self._plan_memory()
+        self._drop_after, self._recompute = self._plan_memory()
         self._tuple_items: set[fx.Node] = set()  # getitem nodes that pick from a tuple value
         self._prepared: tuple | None = None
         self._ops: dict[int, object] = {}
@@ -189,14 +189,14 @@ class Explainer:
             kwargs["inplace"] = False
         return step.function(*args, **kwargs)
 
-    def _plan_memory(self) -> list[list[fx.Node]]:
+    def _plan_memory(self) -> tuple[list[list[fx.Node]], dict[fx.Node, Step]]:
         """For each step, the values the forward can drop after it: the relevance pass needs
         only linear layers' inputs (and outputs where the rule divides by them), the operands
         of sums and the inputs of ops whose vector-Jacobian product is re-run.
 
         An activation whose input is kept anyway (``relu(z)`` after a gamma layer or a
-        residual sum) is not kept but recomputed in the relevance pass (``_recompute``): one
-        cheap pass instead of a second copy of the layer's output for the whole pass."""
+        residual sum) is not kept but recomputed in the relevance pass (the second value
+        returned): one cheap pass instead of a second copy of the layer's output."""
         keep = {self._logits_node}
         for step in self.plan.steps:
             inputs = self._graph_inputs(step.node)
@@ -212,13 +212,13 @@ class Explainer:
                 keep.add(step.node)
             elif step.kind in ("move", "maxpool", "lrn") and id(step) not in self._pools:
                 keep.update(inputs)
-        self._recompute: dict[fx.Node, Step] = {}
+        recompute: dict[fx.Node, Step] = {}
         for step in self.plan.steps:  # deterministic activations (ReLU, sigmoid...) only
             inputs = self._graph_inputs(step.node)
             if step.kind == "pass" and step.nonnegative and step.node in keep and len(inputs) == 1:
-                if inputs[0] in keep and inputs[0] not in self._recompute:
+                if inputs[0] in keep and inputs[0] not in recompute:
                     keep.discard(step.node)
-                    self._recompute[step.node] = step
+                    recompute[step.node] = step
         last_use = {}
         for index, step in enumerate(self.plan.steps):
             for node in step.node.all_input_nodes:
@@ -227,7 +227,7 @@ class Explainer:
         for node, index in last_use.items():
             if node not in keep:
                 drops[index].append(node)
-        return drops
+        return drops, recompute
 
     def _forward(self, x: Tensor) -> dict:
         env: dict[fx.Node, object] = {}

@@ -142,27 +142,20 @@ def _masked(r: Tensor, z: Tensor, mask: str | None) -> Tensor:
     return r
 
 
-def modified_weight(op: LinearOp, mod: ParamMod, cache: dict, scale: float = 1.0) -> Tensor:
-    """``scale * mod(W)``, computed once per layer, dtype and device (``cache``)."""
-    key = ("weight", mod, scale)
-    if key not in cache:
-        weight = mod(op.weight)
-        cache[key] = weight if scale == 1 else scale * weight
-    return cache[key]
-
-
-def modified_bias(op: LinearOp, mod: ParamMod, cache: dict) -> Tensor:
-    key = ("bias", mod)
-    if key not in cache:
-        cache[key] = mod(op.bias)
-    return cache[key]
-
-
 def cached(cache: dict, key, make) -> Tensor:
-    """``cache[key]``, made once."""
+    """``cache[key]``, made once (per layer, dtype and device: the explainer's cache)."""
     if key not in cache:
         cache[key] = make()
     return cache[key]
+
+
+def modified_weight(op: LinearOp, mod: ParamMod, cache: dict, scale: float = 1.0) -> Tensor:
+    """``scale * mod(W)``, computed once."""
+    return cached(cache, ("weight", mod, scale), lambda: _scaled(scale, mod(op.weight)))
+
+
+def modified_bias(op: LinearOp, mod: ParamMod, cache: dict) -> Tensor:
+    return cached(cache, ("bias", mod), lambda: mod(op.bias))
 
 
 # ---------------------------------------------------------------- the mechanism
