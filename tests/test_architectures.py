@@ -224,3 +224,41 @@ def test_channels_last_changes_only_rounding(preset):
     assert all(r.is_contiguous() for r in results.values())  # the input's layout back
     difference = (results[True] - results[False]).abs().max()
     assert difference <= 1e-4 * results[False].abs().max()
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 40_000])
+@pytest.mark.parametrize(
+    "preset", ["epsilon-plus", "epsilon-gamma-box", "epsilon-alpha2-beta1-flat"]
+)
+def test_slicing_the_batch_does_not_change_a_number(preset, chunk_bytes):
+    """Large layers get their rule applied to slices of the batch (bounded temporaries):
+    1 byte means one sample at a time everywhere; 40 kB gives uneven slices (2+2+1, 4+1) in
+    the middle layers and the whole batch at the end."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(_build("resnet18")).to(DT).eval()
+    x = torch.randn(5, 3, 32, 32, dtype=DT)
+    composite = load_config(preset).composite()
+    whole = Explainer(model, composite, input_bounds=(-2.2, 2.7), chunk_bytes=None)(x)
+    sliced = Explainer(model, composite, input_bounds=(-2.2, 2.7), chunk_bytes=chunk_bytes)(x)
+    torch.testing.assert_close(sliced.relevance, whole.relevance, rtol=1e-12, atol=1e-15)
+
+
+def test_slices_keep_the_channels_last_layout():
+    torch.manual_seed(0)
+    model = _build("vgg11").eval()
+    x = torch.randn(3, 3, 32, 32)
+    composite = load_config("epsilon-gamma-box").composite()
+    results = [
+        Explainer(model, composite, input_bounds=(-2.2, 2.7), chunk_bytes=limit)(x).relevance
+        for limit in (None, 1)
+    ]
+    assert results[1].is_contiguous()
+    torch.testing.assert_close(
+        results[1], results[0], rtol=1e-5, atol=1e-6 * results[0].abs().max()
+    )
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, "big", True])
+def test_chunk_bytes_is_validated(bad):
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        Explainer(_build("resnet18").eval(), chunk_bytes=bad)

@@ -9,6 +9,7 @@ weights (LRP-0, epsilon) reuse the forward output as the denominator: no second 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import operator
 from collections.abc import Sequence
@@ -51,8 +52,11 @@ class Explainer:
     ``input_bounds`` are the lowest and highest input values (scalars or per channel), the
     default bounds of the z-box rule. ``channels_last``: compute in that memory format
     ("auto": for float32 images on the CPU, where oneDNN then skips a reorder per
-    convolution; the relevance comes back in the input's format either way). The user's
-    model is only read, never modified.
+    convolution; the relevance comes back in the input's format either way).
+    ``chunk_bytes``: a layer whose input or output takes more than this per slice of the
+    batch gets its rule applied slice by slice ("auto": 16 MiB on the CPU, 256 MiB on a
+    GPU; None: never), so the rule's temporaries, several times the layer's output, exist
+    for one slice at a time. The user's model is only read, never modified.
     """
 
     def __init__(
@@ -62,9 +66,16 @@ class Explainer:
         *,
         input_bounds=None,
         channels_last: bool | str = "auto",
+        chunk_bytes: int | str | None = "auto",
     ):
         if channels_last not in (True, False, "auto"):
             raise ValueError(f"channels_last must be True, False or 'auto', got {channels_last!r}")
+        sized = isinstance(chunk_bytes, int) and not isinstance(chunk_bytes, bool)
+        if not (chunk_bytes in ("auto", None) or (sized and chunk_bytes > 0)):
+            raise ValueError(
+                f"chunk_bytes must be a positive int, 'auto' or None, got {chunk_bytes!r}"
+            )
+        self.chunk_bytes = chunk_bytes
         self.composite = composite or Composite()
         self.input_bounds = input_bounds
         self.channels_last = channels_last
@@ -101,7 +112,6 @@ class Explainer:
         self._tuple_items: set[fx.Node] = set()  # getitem nodes that pick from a tuple value
         self._prepared: tuple | None = None
         self._ops: dict[int, object] = {}
-        self._caches: dict[int, dict] = {}
 
     # ------------------------------------------------------------------ public API
     def __call__(self, x: Tensor, target=None) -> Explanation:
@@ -150,14 +160,12 @@ class Explainer:
         if self._prepared == (dtype, device, channels_last):
             return x
         self._ops = {}
-        self._caches = {}
         for step in self.plan.steps:
             if step.kind == "linear":
                 op = make_linear_op(step.module, step.batchnorm, dtype, device)
                 if channels_last and op.weight.dim() == 4:
                     op.weight = op.weight.contiguous(memory_format=torch.channels_last)
                 self._ops[id(step)] = op
-                self._caches[id(step)] = {}
         self._constants = {}
         for step in self.plan.steps:
             if step.node.op == "get_attr":
@@ -194,9 +202,11 @@ class Explainer:
         only linear layers' inputs (and outputs where the rule divides by them), the operands
         of sums and the inputs of ops whose vector-Jacobian product is re-run.
 
-        An activation whose input is kept anyway (``relu(z)`` after a gamma layer or a
-        residual sum) is not kept but recomputed in the relevance pass (the second value
-        returned): one cheap pass instead of a second copy of the layer's output."""
+        Values that are cheap to recompute from ones kept anyway are recomputed in the
+        relevance pass instead (the second value returned): the output of a layer on the
+        model's input (three channels for images), and an activation whose input is kept
+        (``relu(z)`` after a gamma layer or a residual sum): one cheap pass instead of a
+        second copy of a large tensor."""
         keep = {self._logits_node}
         for step in self.plan.steps:
             inputs = self._graph_inputs(step.node)
@@ -213,6 +223,11 @@ class Explainer:
             elif step.kind in ("move", "maxpool", "lrn") and id(step) not in self._pools:
                 keep.update(inputs)
         recompute: dict[fx.Node, Step] = {}
+        for step in self.plan.steps:  # a layer on the model's input: a few channels, cheap
+            if step.kind == "linear" and step.node in keep:
+                if self._graph_inputs(step.node) == [self._input_node]:
+                    keep.discard(step.node)
+                    recompute[step.node] = step
         for step in self.plan.steps:  # deterministic activations (ReLU, sigmoid...) only
             inputs = self._graph_inputs(step.node)
             if step.kind == "pass" and step.nonnegative and step.node in keep and len(inputs) == 1:
@@ -263,7 +278,8 @@ class Explainer:
         for step in reversed(self.plan.steps):
             node = step.node
             if node in relevance and step.kind not in ("constant", "input"):
-                for value_node in node.all_input_nodes:
+                needed = node.all_input_nodes + ([node] if step.kind == "linear" else [])
+                for value_node in needed:
                     if value_node in self._recompute and value_node not in env:
                         env[value_node] = self._call(self._recompute[value_node], env.__getitem__)
                 for source, value in self._propagate(step, env, relevance.pop(node)):
@@ -282,18 +298,18 @@ class Explainer:
             return [(self._graph_inputs(node)[0], r)]
         if kind == "linear":
             (source,) = self._graph_inputs(node)
-            producer = _step_of(self.plan, source)
-            rule_input = env[source]
-            r_in = step.rule.relevance(
+            relevance = functools.partial(
+                step.rule.relevance,
                 self._ops[id(step)],
-                rule_input,
-                env.pop(node, None),  # None where the rule does not divide by the output
-                r,
-                nonnegative=producer.nonnegative,
+                nonnegative=_step_of(self.plan, source).nonnegative,
                 bounds=self._bounds(step.rule),
-                cache=self._caches[id(step)],
+                # modified weights live for this layer's step (all slices), once per batch:
+                # kept across batches they would hold several copies of the model's weights
+                cache={},
             )
-            return [(source, r_in)]
+            # the output is None where the rule does not divide by it
+            z = env.pop(node, None)
+            return [(source, _in_slices(relevance, env[source], z, r, self._chunk_limit(r)))]
         if kind == "norm":
             return self._norm(step, env, r)
         if kind == "maxpool" and self.composite.maxpool == "average":
@@ -312,6 +328,11 @@ class Explainer:
         if kind == "lrn":
             return self._lrn(step, env, r)
         raise UnsupportedModelError(f"no relevance handler for node '{node.name}' ({kind})")
+
+    def _chunk_limit(self, like: Tensor) -> int | None:
+        if self.chunk_bytes == "auto":
+            return (16 if like.device.type == "cpu" else 256) << 20
+        return self.chunk_bytes
 
     def _graph_inputs(self, node: fx.Node) -> list[fx.Node]:
         return [n for n in node.all_input_nodes if _step_of(self.plan, n).kind != "constant"]
@@ -367,6 +388,21 @@ class Explainer:
 
 
 # ---------------------------------------------------------------------- helpers
+def _in_slices(relevance, a: Tensor, z: Tensor | None, r: Tensor, limit: int | None) -> Tensor:
+    """``relevance(a, z, r)`` over slices of the batch of at most ``limit`` bytes of input or
+    output each, written into one result (rules are per sample, so the numbers are the same)."""
+    batch = a.shape[0]
+    per_sample = max(a[:1].numel() * a.element_size(), r[:1].numel() * r.element_size())
+    size = batch if limit is None else max(1, limit // max(per_sample, 1))
+    if size >= batch:
+        return relevance(a, z, r)
+    out = torch.empty_like(a)
+    for start in range(0, batch, size):
+        part = slice(start, start + size)
+        out[part] = relevance(a[part], None if z is None else z[part], r[part])
+    return out
+
+
 def _layer_info(step: Step) -> LayerInfo:
     names = tuple(t.__name__ for t in type(step.module).__mro__ if t is not object)
     return LayerInfo(step.name, names, step.position, "lrn" if step.kind == "lrn" else "linear")
