@@ -17,6 +17,7 @@ from torch import Tensor
 from .linear import LinearOp
 from .terms import (
     DATA_SOURCES,
+    GAMMA_PARTS,
     IDENTITY,
     NEGATIVE,
     POSITIVE,
@@ -174,6 +175,34 @@ class GammaRule(LinearRule):
         )
 
 
+def _stacked_gamma_weight(op: LinearOp, up: ParamMod, down: ParamMod, cache: dict) -> Tensor:
+    """``[W + g W+; W + g W-]`` along the output dim, each half written in place (per batch,
+    so no concatenated copies)."""
+    weight = op.weight
+    channels = weight.shape[0]
+    out = torch.empty(
+        (2 * channels,) + weight.shape[1:],
+        dtype=weight.dtype,
+        device=weight.device,
+        memory_format=_memory_format(weight),
+    )
+    for half, mod in zip((out[:channels], out[channels:]), (up, down), strict=True):
+        torch.add(
+            weight, modified_weight(op, GAMMA_PARTS[mod.kind], cache), alpha=mod.gamma, out=half
+        )
+    return out
+
+
+def _memory_format(t: Tensor):
+    if (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _gamma_closed_form(
     op: LinearOp,
     a: Tensor,
@@ -237,8 +266,12 @@ def _gamma_closed_form(
         stacked = cached(
             cache,
             ("gamma stacked weight", gamma, len(parts)),
-            lambda: torch.cat(
-                [side_by_side(*[m[0] for m in mods]), side_by_side(*[m[1] for m in mods])]
+            lambda: (
+                _stacked_gamma_weight(op, up, down, cache)
+                if len(parts) == 1
+                else torch.cat(
+                    [side_by_side(*[m[0] for m in mods]), side_by_side(*[m[1] for m in mods])]
+                )
             ),
         )
         like = a if len(parts) == 1 else op.stacked_like(a, len(parts))

@@ -77,6 +77,7 @@ class ParamMod:
 IDENTITY = ParamMod()
 POSITIVE = ParamMod("positive")
 NEGATIVE = ParamMod("negative")
+GAMMA_PARTS = {"gamma+": POSITIVE, "gamma-": NEGATIVE}  # gamma+(p) = p + gamma * positive(p)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,14 @@ def cached(cache: dict, key, make) -> Tensor:
 
 def modified_weight(op: LinearOp, mod: ParamMod, cache: dict, scale: float = 1.0) -> Tensor:
     """``scale * mod(W)``, computed once."""
-    return cached(cache, ("weight", mod, scale), lambda: _scaled(scale, mod(op.weight)))
+
+    def make():
+        if mod.kind in GAMMA_PARTS and scale == 1:  # W + g W+ in one pass from a shared W+
+            part = modified_weight(op, GAMMA_PARTS[mod.kind], cache)
+            return torch.add(op.weight, part, alpha=mod.gamma)
+        return _scaled(scale, mod(op.weight))
+
+    return cached(cache, ("weight", mod, scale), make)
 
 
 def modified_bias(op: LinearOp, mod: ParamMod, cache: dict) -> Tensor:
