@@ -267,3 +267,18 @@ def test_channels_last_input_gives_the_same_relevance(name):
     last = _run(RULES[name](), op, a.contiguous(memory_format=torch.channels_last),
                 R.contiguous(memory_format=torch.channels_last), nonnegative=True)  # fmt: skip
     torch.testing.assert_close(last, plain, rtol=1e-9, atol=1e-12)  # summation order
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stabilizer_sign_of_zero_and_tiny_values(dtype):
+    """sign(0) = +1 for both zeros (zennit's convention); tiny values keep their sign."""
+    from lrp_cli.engine.terms import divide, group_indicators, stabilize
+
+    z = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 2.5, -2.5], dtype=dtype)
+    expected = torch.tensor([1e-3, 1e-3, 1e-3, -1e-3, 2.501, -2.501], dtype=dtype)
+    assert torch.equal(stabilize(z, 1e-3), expected)
+    r = torch.ones_like(z)
+    assert torch.equal(divide(r, z.clone(), 1e-3, scratch=True), r / expected)
+    positive, negative = torch.empty_like(z), torch.empty_like(z)
+    group_indicators(z, positive, negative)
+    assert positive.tolist() == [0, 0, 1, 0, 1, 0] and negative.tolist() == [0, 0, 0, 1, 0, 1]

@@ -36,9 +36,7 @@ class LinearOp:
         features: the shape of a stacked transposed map's input or signal."""
         shape = list(a.shape)
         shape[self.input_dim] *= copies
-        channels_last = a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last)
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        return torch.empty(shape, dtype=a.dtype, device=a.device, memory_format=layout)
+        return torch.empty(shape, dtype=a.dtype, device=a.device, memory_format=memory_format(a))
 
     def forward(self, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -118,6 +116,12 @@ class AffineOp(LinearOp):
 
     def transpose(self, s, weight, a):
         return s * weight.view(self._shape(s))
+
+
+def memory_format(t: Tensor) -> torch.memory_format:
+    """channels-last for a 4-D tensor laid out so, else contiguous."""
+    channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _conv_padding(module: nn.Module) -> tuple:

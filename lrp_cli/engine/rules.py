@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .linear import LinearOp
+from .linear import LinearOp, memory_format
 from .terms import (
     DATA_SOURCES,
     GAMMA_PARTS,
@@ -26,6 +26,7 @@ from .terms import (
     Term,
     cached,
     divide,
+    group_indicators,
     modified_bias,
     modified_weight,
     propagate,
@@ -184,23 +185,13 @@ def _stacked_gamma_weight(op: LinearOp, up: ParamMod, down: ParamMod, cache: dic
         (2 * channels,) + weight.shape[1:],
         dtype=weight.dtype,
         device=weight.device,
-        memory_format=_memory_format(weight),
+        memory_format=memory_format(weight),
     )
     for half, mod in zip((out[:channels], out[channels:]), (up, down), strict=True):
         torch.add(
             weight, modified_weight(op, GAMMA_PARTS[mod.kind], cache), alpha=mod.gamma, out=half
         )
     return out
-
-
-def _memory_format(t: Tensor):
-    if (
-        t.dim() == 4
-        and not t.is_contiguous()
-        and t.is_contiguous(memory_format=torch.channels_last)
-    ):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _gamma_closed_form(
@@ -243,26 +234,26 @@ def _gamma_closed_form(
     else:
         zp = op.forward(parts[0], modified_weight(op, POSITIVE, cache), bias)
         zp.add_(op.forward(parts[1], modified_weight(op, NEGATIVE, cache), None))
-    positive, negative = z > 0, z < 0
-    zero = z.new_zeros(())
-    # the denominator, then the signal s, is computed in place; where the layer stacks, in
-    # the upper half of the stacked signal, whose lower half gets the negative group's part
+    # the indicators of the two groups (z > 0, z < 0), then their signals, in place: where
+    # the layer stacks, in the two halves of the stacked signal
     if op.stackable:
         signal = op.stacked_like(z, 2)
-        s, lower = signal.chunk(2, op.input_dim)
-        torch.sub(z, zp, out=s)
+        upper, lower = signal.chunk(2, op.input_dim)
     else:
-        s = torch.sub(z, zp)
-    torch.where(positive, zp, s, out=s)
+        upper, lower = torch.empty_like(z), torch.empty_like(z)
+    group_indicators(z, upper, lower)
+    den = torch.sub(z, zp)
+    torch.lerp(den, zp, upper, out=den)  # zp where z > 0, else z - zp: exact for weights 0/1
     del zp
-    torch.div(r, torch.add(z, s, alpha=gamma, out=s), out=s)
+    torch.div(r, torch.add(z, den, alpha=gamma, out=den), out=den)
+    upper.mul_(den)
+    lower.mul_(den)
+    del den
     # the modified weight of each (signal half, input part): a+ sees gamma+ from the positive
     # group and gamma- from the negative one, a- the other way round
     mods = [(up, down), (down, up)][: len(parts)]
     if op.stackable:  # everything through one transposed map
-        torch.where(negative, s, zero, out=lower)
-        torch.where(positive, s, zero, out=s)  # the upper half: the positive group's part
-        del s, lower
+        del upper, lower
         stacked = cached(
             cache,
             ("gamma stacked weight", gamma, len(parts)),
@@ -277,13 +268,10 @@ def _gamma_closed_form(
         like = a if len(parts) == 1 else op.stacked_like(a, len(parts))
         out = op.transpose(signal, stacked, like).chunk(len(parts), op.input_dim)
     else:
-        lower = torch.where(negative, s, zero)
-        halves = torch.where(positive, s, zero, out=s), lower  # the upper half in place
-        del s, lower
         out = []
         for up_or_down, down_or_up in mods:
-            part = op.transpose(halves[0], modified_weight(op, up_or_down, cache), a)
-            part.add_(op.transpose(halves[1], modified_weight(op, down_or_up, cache), a))
+            part = op.transpose(upper, modified_weight(op, up_or_down, cache), a)
+            part.add_(op.transpose(lower, modified_weight(op, down_or_up, cache), a))
             out.append(part)
     result = out[0].mul_(parts[0])
     for part, source in zip(out[1:], parts[1:], strict=True):

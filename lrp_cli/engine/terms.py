@@ -100,9 +100,14 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """``z + epsilon * sign(z)`` with sign(0) = +1 (zennit's convention)."""
     if epsilon == 0:
         return z
-    # 0-dim tensors in z's dtype: a Python float would round through float32 here
-    shift = torch.where(z >= 0, z.new_tensor(epsilon), z.new_tensor(-epsilon))
-    return z + shift
+    return _shift(z, epsilon).add_(z)
+
+
+def _shift(z: Tensor, epsilon: float) -> Tensor:
+    """``epsilon * sign(z)``, sign(+-0) = +1, by copysign from ``z + 0`` (which turns -0 into
+    +0 and leaves every other value as it is): exact, and several times faster on the CPU than
+    ``torch.where(z >= 0, ...)``. The 0-dim tensor keeps ``epsilon`` in z's dtype."""
+    return torch.copysign(z.new_tensor(epsilon), z + 0.0)
 
 
 def divide(r: Tensor, z: Tensor, epsilon: float | None, scratch: bool = False) -> Tensor:
@@ -118,8 +123,17 @@ def divide(r: Tensor, z: Tensor, epsilon: float | None, scratch: bool = False) -
         return torch.where(zero, 0.0, r / torch.where(zero, 1.0, z))
     if not scratch:
         return r / stabilize(z, epsilon)
-    z.add_(torch.where(z >= 0, z.new_tensor(epsilon), z.new_tensor(-epsilon)))
+    z.add_(_shift(z, epsilon))
     return torch.div(r, z, out=z)
+
+
+def group_indicators(z: Tensor, positive: Tensor, negative: Tensor) -> None:
+    """Write 1.0 where ``z > 0`` into ``positive`` and where ``z < 0`` into ``negative``
+    (0 elsewhere): three arithmetic passes from sign(z), faster than boolean masks, which
+    cost a type conversion (or a slow ``torch.where``) each time they are applied."""
+    torch.sign(z, out=negative)
+    torch.clamp(negative, min=0, out=positive)
+    torch.sub(positive, negative, out=negative)  # 1 - 1, 0 - (-1), 0 - 0
 
 
 def _scaled(coefficient: float, t: Tensor) -> Tensor:
@@ -136,11 +150,13 @@ def _sum(parts) -> Tensor | None:
 
 
 def _masked(r: Tensor, z: Tensor, mask: str | None) -> Tensor:
-    if mask == "positive":
-        return r * (z > 0)
+    """``r`` where ``z > 0`` (or ``< 0``), 0 elsewhere."""
+    if mask is None:
+        return r
+    indicator = torch.sign(z)
     if mask == "negative":
-        return r * (z < 0)
-    return r
+        indicator.neg_()
+    return indicator.clamp_(min=0).mul_(r)
 
 
 def cached(cache: dict, key, make) -> Tensor:
