@@ -64,6 +64,9 @@ MIB = 1024 * 1024
 
 
 # ============================================================================ worker side
+TENSOR_MEMORY_THRESHOLD = 65536  # bytes: glibc mmaps (and unmaps on free) every larger block
+
+
 def _proc_status() -> dict[str, int]:
     """VmRSS / VmHWM of this process in bytes (Linux), empty elsewhere."""
     values = {}
@@ -504,6 +507,8 @@ def _subprocess_case(case: dict, timeout: float | None, snapshot: Path | None = 
     if case.get("threads"):
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(case["threads"])
+    if case.get("mmap_threshold"):
+        env["MALLOC_MMAP_THRESHOLD_"] = str(case["mmap_threshold"])
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(case)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
@@ -650,6 +655,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--no-memory", action="store_true", help="time only, no memory processes")
     p.add_argument(
+        "--tensor-memory",
+        action="store_true",
+        help="memory processes run with glibc's MALLOC_MMAP_THRESHOLD_=65536: every freed\n"
+        "tensor goes back to the system at once, so the peak is that of live tensors, without\n"
+        "heap fragmentation (calls run slower there; their times are not used)",
+    )
+    p.add_argument(
         "--gradient-cl",
         action="store_true",
         help="also time the gradient with model and input in channels-last (the engine's "
@@ -735,7 +747,7 @@ def main(argv=None) -> int:
         f"# {info['cpu']}, {info['cpu_count']} CPUs, {info['threads']} threads, torch "
         f"{info['torch']}, zennit {info.get('zennit')}, device {args.device}, batch "
         f"{args.batch_size}, {args.image_size}px, median of {args.runs} rounds after "
-        f"{args.warmup} warm-up"
+        f"{args.warmup} warm-up" + (", tensor-level memory" if args.tensor_memory else "")
     )
     print(summary, file=sys.stderr, flush=True)
     snapshot = None
@@ -773,7 +785,8 @@ def main(argv=None) -> int:
                     continue
                 memory = _subprocess_case(
                     {**base, "kind": "memory", "model": model, "method": entry["method"],
-                     "preset": entry["preset"], "memory_runs": args.memory_runs},
+                     "preset": entry["preset"], "memory_runs": args.memory_runs,
+                     "mmap_threshold": TENSOR_MEMORY_THRESHOLD if args.tensor_memory else None},
                     args.timeout,
                     snapshot,
                 )  # fmt: skip
@@ -781,6 +794,10 @@ def main(argv=None) -> int:
                     entry["memory_error"] = memory["error"]
                     _progress(started, f"{name}: memory error: {memory['error']}")
                 else:
+                    if args.tensor_memory:
+                        memory["memory_method"] += (
+                            f", MALLOC_MMAP_THRESHOLD_={TENSOR_MEMORY_THRESHOLD}"
+                        )
                     entry.update(memory)
                     _progress(started, f"{name}: peak +{memory['peak_mib']:.0f} MiB")
             results.extend(entries)
