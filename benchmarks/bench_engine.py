@@ -21,7 +21,7 @@ setup (model and input already created). The kernel's high-water mark ``VmHWM`` 
 ``/proc/self/clear_refs`` first; where that is not possible, ``ru_maxrss`` is used. On CUDA,
 ``torch.cuda.max_memory_allocated`` minus the allocation before setup.
 
-    python benchmarks/bench_engine.py --threads 2      # full run (CPU: about 20-30 minutes)
+    python benchmarks/bench_engine.py --threads 2      # full run (2 CPUs: 13-26 minutes)
     python benchmarks/bench_engine.py --quick          # about a minute
     python benchmarks/bench_engine.py --models vgg16 --presets epsilon-gamma-box --runs 5
 """
