@@ -214,8 +214,7 @@ class Explainer:
                 keep.add(step.node)
             elif step.kind == "linear":
                 keep.update(inputs)
-                producer = _step_of(self.plan, inputs[0])
-                if getattr(step.rule, "needs_output", lambda _: False)(producer.nonnegative):
+                if self._divides_by_output(step):
                     keep.add(step.node)
             elif step.kind == "norm":
                 keep.update(inputs)
@@ -278,7 +277,8 @@ class Explainer:
         for step in reversed(self.plan.steps):
             node = step.node
             if node in relevance and step.kind not in ("constant", "input"):
-                needed = node.all_input_nodes + ([node] if step.kind == "linear" else [])
+                own = step.kind == "linear" and self._divides_by_output(step)
+                needed = node.all_input_nodes + ([node] if own else [])
                 for value_node in needed:
                     if value_node in self._recompute and value_node not in env:
                         env[value_node] = self._call(self._recompute[value_node], env.__getitem__)
@@ -328,6 +328,11 @@ class Explainer:
         if kind == "lrn":
             return self._lrn(step, env, r)
         raise UnsupportedModelError(f"no relevance handler for node '{node.name}' ({kind})")
+
+    def _divides_by_output(self, step: Step) -> bool:
+        """Whether a linear layer's rule reads the layer's own output."""
+        producer = _step_of(self.plan, self._graph_inputs(step.node)[0])
+        return getattr(step.rule, "needs_output", lambda _: False)(producer.nonnegative)
 
     def _chunk_limit(self, like: Tensor) -> int | None:
         if self.chunk_bytes == "auto":
