@@ -17,7 +17,6 @@ from torch import Tensor
 from .linear import LinearOp, memory_format
 from .terms import (
     DATA_SOURCES,
-    GAMMA_PARTS,
     IDENTITY,
     NEGATIVE,
     POSITIVE,
@@ -26,6 +25,7 @@ from .terms import (
     Term,
     cached,
     divide,
+    gamma_weight,
     group_indicators,
     modified_bias,
     modified_weight,
@@ -188,9 +188,7 @@ def _stacked_gamma_weight(op: LinearOp, up: ParamMod, down: ParamMod, cache: dic
         memory_format=memory_format(weight),
     )
     for half, mod in zip((out[:channels], out[channels:]), (up, down), strict=True):
-        torch.add(
-            weight, modified_weight(op, GAMMA_PARTS[mod.kind], cache), alpha=mod.gamma, out=half
-        )
+        gamma_weight(op, mod, cache, out=half)
     return out
 
 

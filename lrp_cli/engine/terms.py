@@ -170,12 +170,17 @@ def modified_weight(op: LinearOp, mod: ParamMod, cache: dict, scale: float = 1.0
     """``scale * mod(W)``, computed once."""
 
     def make():
-        if mod.kind in GAMMA_PARTS and scale == 1:  # W + g W+ in one pass from a shared W+
-            part = modified_weight(op, GAMMA_PARTS[mod.kind], cache)
-            return torch.add(op.weight, part, alpha=mod.gamma)
+        if mod.kind in GAMMA_PARTS and scale == 1:
+            return gamma_weight(op, mod, cache)
         return _scaled(scale, mod(op.weight))
 
     return cached(cache, ("weight", mod, scale), make)
+
+
+def gamma_weight(op: LinearOp, mod: ParamMod, cache: dict, out: Tensor | None = None) -> Tensor:
+    """``W + gamma W+`` (or ``W-``) in one pass from the shared clamped weight, into ``out``."""
+    part = modified_weight(op, GAMMA_PARTS[mod.kind], cache)
+    return torch.add(op.weight, part, alpha=mod.gamma, out=out)
 
 
 def modified_bias(op: LinearOp, mod: ParamMod, cache: dict) -> Tensor:
