@@ -262,3 +262,22 @@ def test_slices_keep_the_channels_last_layout():
 def test_chunk_bytes_is_validated(bad):
     with pytest.raises(ValueError, match="chunk_bytes"):
         Explainer(_build("resnet18").eval(), chunk_bytes=bad)
+
+
+def test_logits_survive_a_model_ending_in_a_view_of_a_sum():
+    """The relevance pass reuses a sum's memory for its signal, but not when the logits the
+    caller gets back are (a view of) that sum."""
+
+    class PoolHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return torch.flatten(nn.functional.adaptive_avg_pool2d(self.conv(x), 1), 1)
+
+    torch.manual_seed(0)
+    model = PoolHead().to(DT).eval()
+    x = torch.randn(2, 3, 8, 8, dtype=DT)
+    result = Explainer(model, load_config("epsilon").composite())(x)
+    torch.testing.assert_close(result.logits, model(x))

@@ -125,6 +125,7 @@ class Explainer:
             targets = _targets(target, logits)
             start = torch.zeros_like(logits)
             start.scatter_(1, targets[:, None], logits.gather(1, targets[:, None]))
+            env[_LOGITS] = logits  # stays until the end: the caller's, never overwritten
             relevance = self._backward(env, start, x)
         if relevance.dim() == 4 and given.is_contiguous() and not relevance.is_contiguous():
             relevance = relevance.contiguous()
@@ -357,10 +358,18 @@ class Explainer:
         return {n: g for n, g in zip(inputs, found, strict=True) if g is not None}
 
     def _norm(self, step: Step, env: dict, r):
-        s = step.rule.divide(r, env[step.node])
         inputs = self._graph_inputs(step.node)
-        if _is_plain_add(step, inputs, env):
-            return [(n, env[n] * s) for n in inputs]
+        plain = _is_plain_add(step, inputs, env)
+        # the sum's value is needed by nothing after this step (unless it is, or is viewed
+        # by, the logits the caller gets back): its memory takes the signal, then the last
+        # input's share
+        z = env[step.node]
+        owned = z.untyped_storage().data_ptr() != env[_LOGITS].untyped_storage().data_ptr()
+        s = step.rule.divide(r, z, scratch=owned)
+        if plain:
+            *others, last = inputs
+            shares = [(n, env[n] * s) for n in others]
+            return shares + [(last, s.mul_(env[last]) if owned else env[last] * s)]
         return [(n, env[n] * g) for n, g in self._vjp(step, env, s).items()]
 
     def _maxpool_as_average(self, step: Step, env: dict, r):
@@ -390,6 +399,9 @@ class Explainer:
         if low is not None:
             return low, high
         return self.input_bounds
+
+
+_LOGITS = "logits returned"  # env key beside the nodes: the tensor handed back to the caller
 
 
 # ---------------------------------------------------------------------- helpers

@@ -415,8 +415,9 @@ class NormRule:
     def describe(self) -> str:
         return f"norm(stabilizer={self.stabilizer})"
 
-    def divide(self, r: Tensor, z: Tensor) -> Tensor:
-        return divide(r, z, self.stabilizer)
+    def divide(self, r: Tensor, z: Tensor, scratch: bool = False) -> Tensor:
+        """``r / stab(z)``; ``scratch``: ``z`` may be overwritten with the result."""
+        return divide(r, z, self.stabilizer, scratch)
 
 
 @dataclass
