@@ -224,7 +224,7 @@ class Explainer:
                 keep.update(inputs)
         recompute: dict[fx.Node, Step] = {}
         for step in self.plan.steps:  # a layer on the model's input: a few channels, cheap
-            if step.kind == "linear" and step.node in keep:
+            if step.kind == "linear" and step.node in keep and self._divides_by_output(step):
                 if self._graph_inputs(step.node) == [self._input_node]:
                     keep.discard(step.node)
                     recompute[step.node] = step
@@ -278,7 +278,7 @@ class Explainer:
         for step in reversed(self.plan.steps):
             node = step.node
             if node in relevance and step.kind not in ("constant", "input"):
-                own = step.kind == "linear" and self._divides_by_output(step)
+                own = step.kind == "linear"  # recomputed only where its rule reads it
                 needed = node.all_input_nodes + ([node] if own else [])
                 for value_node in needed:
                     if value_node in self._recompute and value_node not in env:
