@@ -5,6 +5,8 @@ target logit. That one number catches a lost branch, a doubled residual or a wro
 concatenation. LRP-0 everywhere also equals gradient x input on these (piecewise linear) nets.
 """
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -281,3 +283,22 @@ def test_logits_survive_a_model_ending_in_a_view_of_a_sum():
     x = torch.randn(2, 3, 8, 8, dtype=DT)
     result = Explainer(model, load_config("epsilon").composite())(x)
     torch.testing.assert_close(result.logits, model(x))
+
+
+def test_explaining_never_imports_sympy():
+    """torch.autograd.grad's shape checks import sympy on first use (0.8 s per process, half of
+    a one-image run's first batch): the engine's vector-Jacobian products go around them."""
+    code = (
+        "import sys, torch\n"
+        "from torch import nn\n"
+        "from lrp_cli.engine import Composite, Explainer, EpsilonRule\n"
+        "model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.ZeroPad2d(1), nn.MaxPool2d(2),"
+        " nn.Flatten(), nn.Linear(64, 5)).eval()\n"
+        "for pool in ('winner-take-all', 'average'):\n"
+        "    Explainer(model, Composite(default=EpsilonRule(), maxpool=pool))("
+        "torch.randn(2, 3, 8, 8))\n"
+        "print('sympy' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]

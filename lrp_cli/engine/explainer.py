@@ -354,7 +354,7 @@ class Explainer:
                 grads = list(r.values())
             else:
                 outs, grads = [out], [r]
-            found = torch.autograd.grad(outs, [leaves[n] for n in inputs], grads, allow_unused=True)
+            found = _vector_jacobian(outs, [leaves[n] for n in inputs], grads)
         return {n: g for n, g in zip(inputs, found, strict=True) if g is not None}
 
     def _norm(self, step: Step, env: dict, r):
@@ -380,7 +380,7 @@ class Explainer:
             leaf = a.detach().requires_grad_()
             z = pool(leaf)
             s = self.composite.norm.divide(r, z.detach())
-            (g,) = torch.autograd.grad(z, leaf, s)
+            (g,) = _vector_jacobian([z], [leaf], [s])
         return [(source, a * g)]
 
     def _lrn(self, step: Step, env: dict, r):
@@ -405,6 +405,25 @@ _LOGITS = "logits returned"  # env key beside the nodes: the tensor handed back 
 
 
 # ---------------------------------------------------------------------- helpers
+def _vector_jacobian(
+    outputs: list[Tensor], inputs: list[Tensor], grads: list[Tensor]
+) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad(outputs, inputs, grads, allow_unused=True)``, minus its checks.
+
+    Why: ``torch.autograd.grad`` checks each grad's shape through ``torch.fx``'s symbolic
+    shapes, whose first use imports sympy: 0.8 s once per process, half the first batch of
+    ``lrp explain`` on the built-in model. Our grads are relevances of the outputs' own shapes,
+    so the engine that torch calls after its checks is called directly (torch is pinned).
+    """
+    if _run_backward is None:  # pragma: no cover - only on a torch without it
+        return torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
+    args = (tuple(outputs), tuple(grads), False, False, tuple(inputs), True)
+    return _run_backward(*args, accumulate_grad=False)
+
+
+_run_backward = getattr(torch.autograd.graph, "_engine_run_backward", None)
+
+
 def _in_slices(relevance, a: Tensor, z: Tensor | None, r: Tensor, limit: int | None) -> Tensor:
     """``relevance(a, z, r)`` over slices of the batch of at most ``limit`` bytes of input or
     output each, written into one result (rules are per sample, so the numbers are the same)."""
