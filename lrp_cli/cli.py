@@ -454,11 +454,17 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
     existing = "overwrite" if opt["overwrite"] else "skip" if opt["skip_existing"] else "error"
     same_names = {f.name: opt[f.name] for f in fields(ExplainOptions) if f.name in opt}
     items, problems = _collect(inputs, opt["null"], exclude=[opt["out"]])
-    with _before_work():
-        rules = load_config(opt["config"])
-        loaded = _load_model(opt)
-        runner = BatchExplainer(loaded, rules, ExplainOptions(existing=existing, **same_names))
-        writer = RecordWriter(opt["jsonl"]) if opt["jsonl"] else None
+    decoder = _early_decoder(items, opt)
+    try:
+        with _before_work():
+            rules = load_config(opt["config"])
+            loaded = _load_model(opt)
+            runner = BatchExplainer(loaded, rules, ExplainOptions(existing=existing, **same_names))
+            writer = RecordWriter(opt["jsonl"]) if opt["jsonl"] else None
+    except BaseException:
+        if decoder is not None:
+            decoder.close()
+        raise
     quiet = opt["quiet"]
     if not quiet:
         for warning in runner.warnings:
@@ -475,7 +481,7 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
                 advance()
                 return True
 
-            summary = runner.run(items, on_item)
+            summary = runner.run(items, on_item, decoder)
     finally:
         if writer is not None:
             writer.close()
@@ -485,6 +491,20 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
     if not quiet or summary.interrupted:
         _say(_explain_summary(summary, failed, opt["out"]))
     sys.exit(EXIT_INTERRUPTED if summary.interrupted else EXIT_FAILED if failed else 0)
+
+
+def _early_decoder(items, opt: dict[str, Any]):
+    """Decoding started before torch is imported (seconds, with a core idle), when the model's
+    preprocessing is known without loading it; None otherwise, or for a single input."""
+    from .decoding import Decoder
+    from .models import known_preprocessing
+
+    pre = known_preprocessing(
+        opt["model"], input_size=opt["input_size"], mean=opt["mean"], std=opt["std"]
+    )
+    if pre is None or len(items) < 2:
+        return None
+    return Decoder(items, pre, max_pixels=opt["max_pixels"], workers=opt["workers"])
 
 
 def _explain_summary(summary, failed: int, out: Path) -> str:

@@ -1,6 +1,6 @@
 """The batch runner behind ``lrp explain``, as a Python API (no command-line code here).
 
-Why a runner and not a loop over files: a DataLoader's worker processes decode the next images
+Why a runner and not a loop over files: worker processes decode the next images
 while the engine explains the current batch, one bad file or one degenerate map fails only its
 own input, and an interrupted run keeps what it finished (every file is written atomically and an
 input's outputs are removed again if it is cut off half way), so ``skip_existing`` can resume it.
@@ -11,7 +11,6 @@ changes the batches (and so the bits) of the others.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
@@ -25,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .images import DEFAULT_MAX_PIXELS, ImageDataset, ImageError, InputItem, collate, denormalize
+from .decoding import Decoder
+from .images import DEFAULT_MAX_PIXELS, ImageError, InputItem, denormalize
 from .outputs import (
     OutputError,
     OutputPaths,
@@ -150,11 +150,6 @@ def build_explainer(
     return explainer, [" ".join(str(w.message).split()) for w in caught]
 
 
-def _default_workers() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(4, (cores or 1) - 1))
-
-
 def iter_batches(
     items: Sequence[InputItem],
     model: LoadedModel,
@@ -163,26 +158,46 @@ def iter_batches(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
     pin_memory: bool = False,
+    decoder: Decoder | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Decoded inputs in order, as :func:`lrp_cli.images.collate` batches (errors included).
+    """Decoded inputs in order, ``batch_size`` inputs at a time, errors included.
 
-    Worker processes decode while the caller computes, but only for more than one input (a
-    single image is faster without starting a process) and never more than there are batches.
-    Each run is one pass over its inputs, so workers are not kept alive after it.
+    Each batch has ``inputs`` (a (rows, C, H, W) tensor of the inputs that loaded, or None),
+    ``index`` and ``counts`` (item index and number of rows of each of them, in order: split
+    model outputs with ``torch.split(outputs, counts)``) and ``errors``, ``(index, message)``
+    pairs. ``decoder``: one already decoding ``items`` (see :class:`lrp_cli.decoding.Decoder`);
+    else worker processes are started here. Either way it is closed at the end.
     """
-    from torch.utils.data import DataLoader
+    if decoder is None:
+        decoder = Decoder(items, model.preprocessing, max_pixels=max_pixels, workers=workers)
+    with decoder:
+        chunk: list = []
+        for decoded in decoder:
+            chunk.append(decoded)
+            if len(chunk) == batch_size:
+                yield _collate(chunk, pin_memory)
+                chunk = []
+        if chunk:
+            yield _collate(chunk, pin_memory)
 
-    count = _default_workers() if workers is None else workers
-    count = min(count, math.ceil(len(items) / batch_size)) if len(items) > 1 else 0
-    loader = DataLoader(
-        ImageDataset(items, model.preprocessing, max_pixels=max_pixels),
-        batch_size=batch_size,
-        shuffle=False,
-        collate_fn=collate,
-        num_workers=count,
-        pin_memory=pin_memory,
-    )
-    yield from loader
+
+def _collate(chunk: list, pin_memory: bool) -> dict[str, Any]:
+    import torch
+
+    good, counts, arrays, errors = [], [], [], []
+    for index, array, error in chunk:
+        if array is None:
+            errors.append((index, error))
+        elif arrays and array.shape[1:] != arrays[0].shape[1:]:
+            errors.append((index, f"input shape {tuple(array.shape[1:])} differs from the batch's"))
+        else:
+            good.append(index)
+            counts.append(int(array.shape[0]))
+            arrays.append(torch.from_numpy(array))
+    inputs = torch.cat(arrays) if arrays else None
+    if inputs is not None and pin_memory:
+        inputs = inputs.pin_memory()
+    return {"inputs": inputs, "index": good, "counts": counts, "errors": errors}
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,11 +266,14 @@ class BatchExplainer:
         self,
         items: Sequence[InputItem],
         on_item: Callable[[list[dict[str, Any]]], bool | None] | None = None,
+        decoder: Decoder | None = None,
     ) -> Summary:
         """Explain ``items``; ``on_item(records)`` is called once per input, in input order.
 
         ``on_item`` returning False stops the run (the reader of the records went away).
         Ctrl-C stops it too: finished outputs stay, the summary says it was interrupted.
+        ``decoder``: one started early on the same ``items`` (see :meth:`decoder_for`); it is
+        used if it decodes as the model needs, and closed either way.
         """
         summary = Summary(inputs=len(items))
         claimed: set[str] = set()  # output paths of this run, to catch two inputs sharing one
@@ -275,14 +293,39 @@ class BatchExplainer:
         # heatmaps are rendered and written in a thread while the next batch is explained
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrp-writer")
         try:
-            self._explain([self._plan(item, claimed) for item in items], report)
+            entries = [self._plan(item, claimed) for item in items]
+            todo = [i for i, e in enumerate(entries) if e.records is None]
+            if decoder is not None and self._fits(decoder, items):
+                decoder.only(todo)
+            else:
+                decoder = self.decoder_for(items, todo)
+            self._explain(entries, decoder, report)
         except KeyboardInterrupt:
             summary.interrupted = True
         except _Stop:
             summary.stopped = True
         finally:  # a file being written is finished (atomically), queued ones are dropped
+            if decoder is not None:
+                decoder.close()
             self._writer.shutdown(wait=True, cancel_futures=True)
         return summary
+
+    def decoder_for(self, items: Sequence[InputItem], indices=None) -> Decoder:
+        """A decoder of ``items`` as this run needs them (all, or those at ``indices``)."""
+        return Decoder(
+            items,
+            self.model.preprocessing,
+            max_pixels=self.options.max_pixels,
+            workers=self.options.workers,
+            indices=indices,
+        )
+
+    def _fits(self, decoder: Decoder, items: Sequence[InputItem]) -> bool:
+        same = (decoder.preprocessing, decoder.max_pixels, decoder.items)
+        if same == (self.model.preprocessing, self.options.max_pixels, list(items)):
+            return True
+        decoder.close()
+        return False
 
     # ---------------------------------------------------------------------------- planning
     def _plan(self, item: InputItem, claimed: set[str]) -> _Entry:
@@ -328,27 +371,25 @@ class BatchExplainer:
         return files + [paths.overlay] if self.options.overlay else files
 
     # ---------------------------------------------------------------------------- explaining
-    def _explain(self, entries: list[_Entry], report) -> None:
+    def _explain(self, entries: list[_Entry], decoder: Decoder, report) -> None:
         """Decode in workers; explain the inputs that loaded, in full batches, in order."""
-        todo = [e for e in entries if e.records is None]
         waiting = deque(entries)
         pending: list[_Entry] = []  # up to the last decoded input, in input order
         batches = iter_batches(
-            [e.item for e in todo],
+            [e.item for e in entries],
             self.model,
             self.options.batch_size,
-            max_pixels=self.options.max_pixels,
-            workers=self.options.workers,
             pin_memory=self.device.type == "cuda",
+            decoder=decoder,
         )
         for batch in batches:
             for index, message in batch["errors"]:
-                todo[index].records = [self._record(todo[index], error=message)]
+                entries[index].records = [self._record(entries[index], error=message)]
             if batch["counts"]:
                 parts = batch["inputs"].split(batch["counts"])
                 for index, rows in zip(batch["index"], parts, strict=True):
-                    todo[index].rows = rows
-            last = todo[max([*batch["index"], *(i for i, _ in batch["errors"])])]
+                    entries[index].rows = rows
+            last = entries[max([*batch["index"], *(i for i, _ in batch["errors"])])]
             while not pending or pending[-1] is not last:
                 pending.append(waiting.popleft())
             self._settle(pending, report, final=False)

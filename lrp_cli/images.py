@@ -5,8 +5,8 @@ decompression bombs); every failure here becomes an :class:`ImageError` with a o
 naming the file, the problem and what to do, so the CLI can report it and go on with the rest.
 
 Importing this module is cheap: Pillow and numpy only. torch is imported inside the functions
-and classes that need it (``to_tensor``, ``load_npy_input``, ``denormalize``, ``ImageDataset``
-and ``collate``), so ``lrp --help`` stays fast.
+that return tensors (``to_tensor``, ``load_npy_input``, ``denormalize``), so ``lrp --help`` stays
+fast and decoding worker processes never load it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 import numpy as np
 from PIL import Image
@@ -35,16 +35,18 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "INPUT_EXTENSIONS",
-    "ImageDataset",
     "ImageError",
     "InputItem",
-    "collate",
     "collect_inputs",
     "crop_image",
+    "decode_input",
     "denormalize",
     "load_image",
     "load_npy_input",
+    "read_npy_input",
+    "to_array",
     "to_tensor",
+    "try_decode_input",
 ]
 
 #: Largest image (width x height) decoded by default; ``--max-pixels`` raises it. It guards
@@ -403,25 +405,28 @@ def crop_image(image: Image.Image, preprocessing: _Preprocessing) -> Image.Image
 # Tensors (torch imported here, lazily)
 
 
-def _stats(preprocessing: _Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    mean = torch.as_tensor(tuple(preprocessing.mean), dtype=torch.float32).view(-1, 1, 1)
-    std = torch.as_tensor(tuple(preprocessing.std), dtype=torch.float32).view(-1, 1, 1)
+def _stats(preprocessing: _Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    mean = np.asarray(tuple(preprocessing.mean), dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(tuple(preprocessing.std), dtype=np.float32).reshape(-1, 1, 1)
     return mean, std
 
 
-def to_tensor(crop: Image.Image, preprocessing: _Preprocessing) -> torch.Tensor:
+def to_array(crop: Image.Image, preprocessing: _Preprocessing) -> np.ndarray:
     """(3, H, W) float32, scaled to 0..1 and normalised with the model's mean and std.
 
-    Same arithmetic as torchvision's ``ToTensor`` + ``Normalize``, so results are identical.
+    Same arithmetic as torchvision's ``ToTensor`` + ``Normalize`` (float32 division by 255,
+    then by std), so results are identical; numpy only, so worker processes need no torch.
     """
+    array = np.asarray(crop.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+    mean, std = _stats(preprocessing)
+    return np.ascontiguousarray((array.astype(np.float32) / np.float32(255) - mean) / std)
+
+
+def to_tensor(crop: Image.Image, preprocessing: _Preprocessing) -> torch.Tensor:
+    """:func:`to_array` as a tensor."""
     import torch
 
-    array = np.array(crop.convert("RGB"), dtype=np.uint8)
-    tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous().float().div(255)
-    mean, std = _stats(preprocessing)
-    return tensor.sub(mean).div(std)
+    return torch.from_numpy(to_array(crop, preprocessing))
 
 
 def denormalize(tensor: torch.Tensor, preprocessing: _Preprocessing) -> Image.Image:
@@ -429,7 +434,7 @@ def denormalize(tensor: torch.Tensor, preprocessing: _Preprocessing) -> Image.Im
     import torch
 
     t = tensor.detach().float().cpu()
-    mean, std = _stats(preprocessing)
+    mean, std = (torch.from_numpy(v) for v in _stats(preprocessing))
     if t.shape[0] == mean.shape[0]:
         t = t * std + mean
     t = t.clamp(0, 1)
@@ -442,14 +447,21 @@ def denormalize(tensor: torch.Tensor, preprocessing: _Preprocessing) -> Image.Im
 def load_npy_input(
     path: str | os.PathLike[str], expected: tuple[int, int, int] | None = None
 ) -> torch.Tensor:
+    """:func:`read_npy_input` as a tensor."""
+    import torch
+
+    return torch.from_numpy(read_npy_input(path, expected))
+
+
+def read_npy_input(
+    path: str | os.PathLike[str], expected: tuple[int, int, int] | None = None
+) -> np.ndarray:
     """An already preprocessed input saved with ``numpy.save``: (C, H, W) or (N, C, H, W).
 
-    Returns a float32 tensor of the same shape. Float dtypes only (16/32/64 bit; integers would
+    Returns a float32 array of the same shape. Float dtypes only (16/32/64 bit; integers would
     be unnormalised pixels), finite values only, no pickled objects. ``expected`` = (C, H, W)
     checks that the samples fit the model.
     """
-    import torch
-
     path = Path(path)
     _check_file(path)
     advice = "save a float array of shape (C, H, W) or (N, C, H, W) with numpy.save"
@@ -495,7 +507,7 @@ def load_npy_input(
             f"sample shape {sample} does not match the model's input {tuple(expected)}",
             "preprocess with the model's input size and channel count",
         )
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -660,74 +672,31 @@ def _unique(relative: PurePath, used: set[str]) -> PurePath:
 
 
 # --------------------------------------------------------------------------------------------
-# Dataset for torch's DataLoader
+# One input, decoded
 
 
-class ImageDataset:
-    """Map-style dataset over :class:`InputItem` s for ``torch.utils.data.DataLoader``.
-
-    One dataset entry per input file, so one output per file. An entry is a dict with
-    ``index`` (into ``items``), ``tensor`` (float32 of shape (n, C, H, W): n = 1 for images
-    and (C, H, W) ``.npy`` files, n = N for an (N, C, H, W) ``.npy``) or None, and ``error``
-    (a one-line message) or None. It never raises for a bad file, so a batch goes on.
-    Use :func:`collate` as the DataLoader's ``collate_fn``.
-    """
-
-    def __init__(
-        self,
-        items: Sequence[InputItem],
-        preprocessing: _Preprocessing,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    ) -> None:
-        self.items = list(items)
-        self.preprocessing = preprocessing
-        self.max_pixels = max_pixels
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def load(self, index: int) -> torch.Tensor:
-        """The (n, C, H, W) input for one item; raises :class:`ImageError`."""
-        path = self.items[index].path
-        if path.suffix.lower() == ".npy":
-            size = int(self.preprocessing.input_size)
-            expected = (len(tuple(self.preprocessing.mean)), size, size)
-            tensor = load_npy_input(path, expected=expected)
-            return tensor.unsqueeze(0) if tensor.ndim == 3 else tensor
-        crop = crop_image(load_image(path, self.max_pixels), self.preprocessing)
-        return to_tensor(crop, self.preprocessing).unsqueeze(0)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        try:
-            return {"index": index, "tensor": self.load(index), "error": None}
-        except ImageError as error:
-            return {"index": index, "tensor": None, "error": str(error)}
-        except Exception as error:  # a bug or out of memory must not end the whole run
-            message = f"{_show(self.items[index].path)}: unexpected error: {_reason(error)}"
-            return {"index": index, "tensor": None, "error": message}
+def decode_input(
+    item: InputItem, preprocessing: _Preprocessing, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """The (n, C, H, W) float32 model input of one file: n = 1 for images and (C, H, W)
+    ``.npy`` files, N for an (N, C, H, W) ``.npy``. Raises :class:`ImageError`."""
+    path = item.path
+    if path.suffix.lower() == ".npy":
+        size = int(preprocessing.input_size)
+        expected = (len(tuple(preprocessing.mean)), size, size)
+        array = read_npy_input(path, expected=expected)
+        return array[None] if array.ndim == 3 else array
+    return to_array(crop_image(load_image(path, max_pixels), preprocessing), preprocessing)[None]
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """DataLoader ``collate_fn``: stack the good inputs, keep the errors.
-
-    Returns ``inputs`` (a (rows, C, H, W) tensor, or None when every sample failed),
-    ``index`` and ``counts`` (item index and number of rows of each good sample, in order:
-    split model outputs with ``torch.split(outputs, counts)``) and ``errors``, a list of
-    ``(index, message)``.
-    """
-    import torch
-
-    good, counts, tensors, errors = [], [], [], []
-    for sample in samples:
-        tensor = sample["tensor"]
-        if tensor is None:
-            errors.append((sample["index"], sample["error"]))
-        elif tensors and tensor.shape[1:] != tensors[0].shape[1:]:
-            shape = tuple(tensor.shape[1:])
-            errors.append((sample["index"], f"input shape {shape} differs from the batch's"))
-        else:
-            good.append(sample["index"])
-            counts.append(int(tensor.shape[0]))
-            tensors.append(tensor)
-    inputs = torch.cat(tensors) if tensors else None
-    return {"inputs": inputs, "index": good, "counts": counts, "errors": errors}
+def try_decode_input(
+    item: InputItem, preprocessing: _Preprocessing, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray | None, str | None]:
+    """:func:`decode_input`, never raising for a bad file: ``(array, None)`` or
+    ``(None, one-line message)``, so that one file never stops a batch."""
+    try:
+        return decode_input(item, preprocessing, max_pixels), None
+    except ImageError as error:
+        return None, str(error)
+    except Exception as error:  # a bug or out of memory must not end the whole run
+        return None, f"{_show(item.path)}: unexpected error: {_reason(error)}"

@@ -61,6 +61,8 @@ class Preprocessing:
 # (pixel - 127) / 128: measured on the sample photos this gives espresso 0.96 on coffee
 # against 0.84 with torchvision's ImageNet mean/std.
 BUILTIN_PREPROCESSING = Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+#: ``package.module:callable`` models: ImageNet's, unless --input-size/--mean/--std say otherwise
+CALLABLE_PREPROCESSING = Preprocessing()
 
 
 @dataclass
@@ -153,6 +155,30 @@ def load_model(
     loaded.module.eval()
     loaded.preprocessing = _override(loaded.preprocessing, input_size, mean, std)
     return loaded
+
+
+def known_preprocessing(
+    name: str = BUILTIN_MODEL,
+    *,
+    input_size: int | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+) -> Preprocessing | None:
+    """The preprocessing :func:`load_model` gives ``name``, where it is known without loading
+    the model (or torch): the built-in model and ``package.module:callable`` models. None for
+    torchvision models (their weights carry it) and for options that load_model refuses."""
+    try:
+        _check_overrides(input_size, mean, std, None)
+    except ModelError:
+        return None
+    spec = name.strip()
+    if ":" in spec:
+        base = CALLABLE_PREPROCESSING
+    elif spec.lower().replace("-", "_") == BUILTIN_MODEL:
+        base = BUILTIN_PREPROCESSING
+    else:
+        return None
+    return _override(base, input_size, mean, std)
 
 
 def _check_overrides(
@@ -350,7 +376,7 @@ def _load_callable(
     if not (isinstance(categories, (list, tuple)) and all(isinstance(c, str) for c in categories)):
         categories = None
     source = str(weights) if weights is not None else None
-    return LoadedModel(spec, module, Preprocessing(), _list(categories), source)
+    return LoadedModel(spec, module, CALLABLE_PREPROCESSING, _list(categories), source)
 
 
 def _list(values: Any) -> list[str] | None:

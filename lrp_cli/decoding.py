@@ -1,0 +1,142 @@
+"""Decoding inputs ahead of the explainer, in worker processes, in input order.
+
+Why not torch's DataLoader: its workers need torch, so they can start only once torch is
+imported (2.3 s on a 2-core machine, with one core idle), and they pass tensors through shared
+memory files. These workers need Pillow and numpy only: ``lrp explain`` starts them before it
+imports torch, so the first few hundred images are decoded while torch loads, and results come
+back as plain arrays through a pipe.
+
+At most ``lookahead`` inputs are decoded and not yet taken, so memory stays bounded however
+many inputs there are. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from .images import DEFAULT_MAX_PIXELS, ImageError, InputItem, try_decode_input
+
+__all__ = ["Decoder", "LOOKAHEAD_BYTES", "default_workers"]
+
+#: Decoded inputs held ahead of the consumer: 128 MiB, about 220 images at 224 x 224.
+LOOKAHEAD_BYTES = 128 << 20
+
+Decoded = tuple[int, "np.ndarray | None", "str | None"]  # item index, (n, C, H, W) or error
+
+
+def default_workers() -> int:
+    """Up to 4 decoding processes, one fewer than the cores (the explainer needs one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cores or 1) - 1))
+
+
+class Decoder:
+    """Decoded inputs of ``items`` in order, as ``(index, array, error)``; see the module doc.
+
+    ``workers`` processes decode (None: :func:`default_workers`; 0: decode in the caller's
+    thread, as for a single input, which is faster than starting a process). Decoding starts at
+    construction, of the items at ``indices`` (default: all); :meth:`only` narrows that later
+    (a resumed run skips the inputs already done). Use as a context manager, or call
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[InputItem],
+        preprocessing,
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        workers: int | None = None,
+        lookahead: int | None = None,
+        indices: Iterable[int] | None = None,
+    ) -> None:
+        self.items = list(items)
+        self.preprocessing = preprocessing
+        self.max_pixels = max_pixels
+        count = default_workers() if workers is None else workers
+        self.workers = min(count, len(self.items)) if len(self.items) > 1 else 0
+        per_input = 4 * 3 * int(preprocessing.input_size) ** 2
+        self.lookahead = lookahead or max(8, LOOKAHEAD_BYTES // per_input)
+        self._todo: deque[int] = deque(range(len(self.items)) if indices is None else indices)
+        self._running: deque[tuple[int, Future]] = deque()
+        self._pool: ProcessPoolExecutor | None = None
+        if self.workers:
+            self._pool = self._new_pool()
+            self._fill()
+
+    # ------------------------------------------------------------------------------ public
+    def only(self, indices: Iterable[int]) -> None:
+        """Decode only these items from now on; queued decodes of the others are dropped."""
+        wanted = set(indices)
+        for index, future in self._running:
+            if index not in wanted:
+                future.cancel()
+        self._running = deque((i, f) for i, f in self._running if i in wanted)
+        self._todo = deque(i for i in self._todo if i in wanted)
+        self._fill()
+
+    def __iter__(self) -> Iterator[Decoded]:
+        while self._running or self._todo:
+            if self._pool is None:
+                index = self._todo.popleft()
+                yield (index, *self._decode(index))
+                continue
+            index, future = self._running.popleft()
+            try:
+                array, error = future.result()
+            except BrokenProcessPool:  # a worker died (killed, out of memory, crashed decoder)
+                array, error = None, self._crashed(index)
+            self._fill()
+            yield index, array, error
+
+    def close(self) -> None:
+        """Stop the workers; decodes not yet started are dropped."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._running.clear()
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------ inside
+    def _decode(self, index: int) -> tuple[np.ndarray | None, str | None]:
+        return try_decode_input(self.items[index], self.preprocessing, self.max_pixels)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # fork: cheap, and torch-free when started before torch is imported; workers ignore
+        # Ctrl-C (the parent stops them) so that it prints no traceback per worker
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        return ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=signal.signal,
+            initargs=(signal.SIGINT, signal.SIG_IGN),
+        )  # fmt: skip
+
+    def _fill(self) -> None:
+        while self._pool is not None and self._todo and len(self._running) < self.lookahead:
+            index = self._todo.popleft()
+            item = self.items[index]
+            future = self._pool.submit(try_decode_input, item, self.preprocessing, self.max_pixels)
+            self._running.append((index, future))
+
+    def _crashed(self, index: int) -> str:
+        """The item waited for fails; a fresh pool decodes the others again."""
+        self._todo.extendleft(reversed([i for i, _ in self._running]))
+        self._running.clear()
+        assert self._pool is not None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+        problem = "the process decoding it died (killed, out of memory or a decoder crash)"
+        return str(ImageError(self.items[index].path, problem, "check the file on its own"))
