@@ -15,6 +15,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -115,14 +117,12 @@ class Decoder:
         return try_decode_input(self.items[index], self.preprocessing, self.max_pixels)
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        # fork: cheap, and torch-free when started before torch is imported; workers ignore
-        # Ctrl-C (the parent stops them) so that it prints no traceback per worker
+        # fork: cheap, and torch-free when started before torch is imported
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         return ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=signal.signal,
-            initargs=(signal.SIGINT, signal.SIG_IGN),
-        )  # fmt: skip
+            self.workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+        )
 
     def _fill(self) -> None:
         while self._pool is not None and self._todo and len(self._running) < self.lookahead:
@@ -140,3 +140,16 @@ class Decoder:
         self._pool = self._new_pool()
         problem = "the process decoding it died (killed, out of memory or a decoder crash)"
         return str(ImageError(self.items[index].path, problem, "check the file on its own"))
+
+
+def _start_worker(parent: int) -> None:
+    """Ignore Ctrl-C (the parent stops the workers, so no traceback per worker) and exit when
+    the parent is gone: a killed parent never closes the pipe a worker waits on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -159,3 +162,37 @@ def test_the_runner_uses_an_early_decoder_only_if_it_fits(tmp_path):
         assert relevance.shape == (64, 64)
         for out in ("early", "other"):
             assert np.array_equal(np.load(tmp_path / out / f"{name}.npy"), relevance)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_exit_when_their_parent_is_killed():
+    """SIGKILL gives the parent no chance to stop its workers: they notice it is gone."""
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path, PurePath\n"
+        "from lrp_cli.decoding import Decoder\n"
+        "from lrp_cli.images import InputItem\n"
+        "from lrp_cli.models import Preprocessing\n"
+        f"item = InputItem(Path({str(SAMPLES / 'coffee-cup.jpg')!r}), PurePath('c.jpg'))\n"
+        "decoder = Decoder([item] * 4, Preprocessing(), workers=2)\n"
+        "print(*decoder._pool._processes, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(workers) == 2
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by init, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
