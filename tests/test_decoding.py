@@ -196,3 +196,20 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_spawned_workers_decode_the_same(tmp_path, monkeypatch):
+    """Where fork is missing (Windows, macOS's default), workers are spawned: fresh
+    interpreters that import only lrp_cli.decoding's own dependencies."""
+    from lrp_cli import decoding
+
+    monkeypatch.setattr(decoding.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    items = _items(tmp_path)
+    with Decoder(items, PRE, workers=1) as decoder:
+        assert decoder._pool._mp_context.get_start_method() == "spawn"
+        spawned = list(decoder)
+    with Decoder(items, PRE, workers=0) as decoder:
+        inline = list(decoder)
+    assert [(i, e) for i, _, e in spawned] == [(i, e) for i, _, e in inline]
+    for (_, a, _), (_, b, _) in zip(spawned, inline, strict=True):
+        assert (a is None and b is None) or np.array_equal(a, b)
