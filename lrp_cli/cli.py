@@ -494,8 +494,8 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
 
 
 def _early_decoder(items, opt: dict[str, Any]):
-    """Decoding started before torch is imported (seconds, with a core idle), when the model's
-    preprocessing is known without loading it; None otherwise, or for a single input."""
+    """Decoding started before torch is imported (seconds), when the model's preprocessing is
+    known without loading it; None otherwise, or for a single input."""
     from .decoding import Decoder
     from .models import known_preprocessing
 

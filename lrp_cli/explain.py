@@ -272,8 +272,9 @@ class BatchExplainer:
 
         ``on_item`` returning False stops the run (the reader of the records went away).
         Ctrl-C stops it too: finished outputs stay, the summary says it was interrupted.
-        ``decoder``: one started early on the same ``items`` (see :meth:`decoder_for`); it is
-        used if it decodes as the model needs, and closed either way.
+        ``decoder``: a :class:`lrp_cli.decoding.Decoder` started early on the same ``items``
+        (before the model was loaded); it is used if it decodes as the model needs, and closed
+        either way.
         """
         summary = Summary(inputs=len(items))
         claimed: set[str] = set()  # output paths of this run, to catch two inputs sharing one
@@ -298,7 +299,7 @@ class BatchExplainer:
             if decoder is not None and self._fits(decoder, items):
                 decoder.only(todo)
             else:
-                decoder = self.decoder_for(items, todo)
+                decoder = self._decoder_for(items, todo)
             self._explain(entries, decoder, report)
         except KeyboardInterrupt:
             summary.interrupted = True
@@ -310,8 +311,8 @@ class BatchExplainer:
             self._writer.shutdown(wait=True, cancel_futures=True)
         return summary
 
-    def decoder_for(self, items: Sequence[InputItem], indices=None) -> Decoder:
-        """A decoder of ``items`` as this run needs them (all, or those at ``indices``)."""
+    def _decoder_for(self, items: Sequence[InputItem], indices: list[int]) -> Decoder:
+        """A decoder of the ``items`` at ``indices``, as this run's model needs them."""
         return Decoder(
             items,
             self.model.preprocessing,
@@ -321,6 +322,7 @@ class BatchExplainer:
         )
 
     def _fits(self, decoder: Decoder, items: Sequence[InputItem]) -> bool:
+        """Whether an early decoder decodes ``items`` as this run needs; if not, it is closed."""
         same = (decoder.preprocessing, decoder.max_pixels, decoder.items)
         if same == (self.model.preprocessing, self.options.max_pixels, list(items)):
             return True
