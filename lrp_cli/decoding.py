@@ -2,11 +2,12 @@
 
 Why not torch's DataLoader: its workers need torch, so they can start only once torch is
 imported (2.1-2.4 s on the 2-vCPU test machine), a dead worker ends the whole run, and tensors
-travel through shared-memory files. These workers need Pillow and numpy only, a dead one fails
-only the input it was decoding, and arrays come back through a pipe. ``lrp explain`` starts
-them before it imports torch: on the test machine 100-113 of 200 images were decoded during the
-import, but the import itself slowed by 0.4 s meanwhile (two vCPUs), so the gain there is nil;
-where a core is free it saves the decoding of up to one look-ahead.
+travel through shared-memory files. These workers need Pillow and numpy only, a dead one costs
+one input (the one waited for; with one worker, the one it was decoding), not the run, and
+arrays come back through a pipe. ``lrp explain`` starts them before it imports torch: on the
+test machine 100-113 of 200 images were decoded during the import, but the import itself slowed
+by 0.4 s meanwhile (two vCPUs), so the gain there is nil; where a core is free it saves the
+decoding of up to one look-ahead.
 
 At most ``lookahead`` inputs are decoded and not yet taken, so memory stays bounded however
 many inputs there are. Importing this module does not import torch.
