@@ -1,7 +1,7 @@
 """Decoding inputs ahead of the explainer, in worker processes, in input order.
 
 Why not torch's DataLoader: its workers need torch, so they can start only once torch is
-imported (2.1-2.4 s on the 2-vCPU test machine), a dead worker ends the whole run, and tensors
+imported (2.1-2.5 s on the 2-vCPU test machine), a dead worker ends the whole run, and tensors
 travel through shared-memory files. These workers need Pillow and numpy only, a dead one costs
 one input (the one waited for; with one worker, the one it was decoding), not the run, and
 arrays come back through a pipe. ``lrp explain`` starts them before it imports torch: on the

@@ -402,7 +402,7 @@ def crop_image(image: Image.Image, preprocessing: _Preprocessing) -> Image.Image
 
 
 # --------------------------------------------------------------------------------------------
-# Tensors (torch imported here, lazily)
+# Model inputs (torch imported only where a tensor is returned)
 
 
 def _stats(preprocessing: _Preprocessing) -> tuple[np.ndarray, np.ndarray]:

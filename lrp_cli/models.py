@@ -143,15 +143,13 @@ def load_model(
     override the model's preprocessing; ``num_classes`` sizes the classifier for ``weights``.
     """
     _check_overrides(input_size, mean, std, num_classes)
-    spec = name.strip()
-    if ":" in spec:
-        loaded = _load_callable(spec, weights, num_classes)
+    kind, key = _model_kind(name)
+    if kind == "callable":
+        loaded = _load_callable(key, weights, num_classes)
+    elif kind == "builtin":
+        loaded = _load_builtin(weights, input_size, num_classes)
     else:
-        key = spec.lower().replace("-", "_")
-        if key == BUILTIN_MODEL:
-            loaded = _load_builtin(weights, input_size, num_classes)
-        else:
-            loaded = _load_torchvision(key, weights, num_classes)
+        loaded = _load_torchvision(key, weights, num_classes)
     loaded.module.eval()
     loaded.preprocessing = _override(loaded.preprocessing, input_size, mean, std)
     return loaded
@@ -171,14 +169,18 @@ def known_preprocessing(
         _check_overrides(input_size, mean, std, None)
     except ModelError:
         return None
+    base = {"callable": CALLABLE_PREPROCESSING, "builtin": BUILTIN_PREPROCESSING}
+    known = base.get(_model_kind(name)[0])
+    return None if known is None else _override(known, input_size, mean, std)
+
+
+def _model_kind(name: str) -> tuple[str, str]:
+    """``("callable", spec)``, ``("builtin", key)`` or ``("torchvision", key)`` for a model name."""
     spec = name.strip()
     if ":" in spec:
-        base = CALLABLE_PREPROCESSING
-    elif spec.lower().replace("-", "_") == BUILTIN_MODEL:
-        base = BUILTIN_PREPROCESSING
-    else:
-        return None
-    return _override(base, input_size, mean, std)
+        return "callable", spec
+    key = spec.lower().replace("-", "_")
+    return ("builtin" if key == BUILTIN_MODEL else "torchvision"), key
 
 
 def _check_overrides(

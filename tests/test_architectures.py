@@ -286,8 +286,8 @@ def test_logits_survive_a_model_ending_in_a_view_of_a_sum():
 
 
 def test_explaining_never_imports_sympy():
-    """torch.autograd.grad's shape checks import sympy on first use (0.8 s per process, half of
-    a one-image run's first batch): the engine's vector-Jacobian products go around them."""
+    """torch.autograd.grad's shape checks import sympy on first use (0.5-0.65 s per process):
+    the engine's vector-Jacobian products go around them."""
     code = (
         "import sys, torch\n"
         "from torch import nn\n"
