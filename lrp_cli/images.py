@@ -416,10 +416,18 @@ def to_array(crop: Image.Image, preprocessing: _Preprocessing) -> np.ndarray:
 
     Same arithmetic as torchvision's ``ToTensor`` + ``Normalize`` (float32 division by 255,
     then by std), so results are identical; numpy only, so worker processes need no torch.
+    The arithmetic is done once per channel and level (a 256-entry table) and the pixels
+    look their values up, several times faster than doing it per pixel.
     """
-    array = np.asarray(crop.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+    rgb = crop.convert("RGB")
     mean, std = _stats(preprocessing)
-    return np.ascontiguousarray((array.astype(np.float32) / np.float32(255) - mean) / std)
+    levels = np.arange(256, dtype=np.float32) / np.float32(255)
+    table = np.broadcast_to((levels - mean[:, :, 0]) / std[:, :, 0], (3, 256))
+    out = np.empty((3, rgb.height, rgb.width), dtype=np.float32)
+    for channel, band in enumerate(rgb.split()):
+        # 8-bit levels index the table in range, so "clip" skips numpy's checked copy
+        np.take(table[channel], np.asarray(band), out=out[channel], mode="clip")
+    return out
 
 
 def to_tensor(crop: Image.Image, preprocessing: _Preprocessing) -> torch.Tensor:

@@ -311,6 +311,22 @@ def test_matches_torchvision_preprocessing_on_photos():
         assert torch.equal(ours, preset(photo))
 
 
+@pytest.mark.parametrize(
+    "stats", [(PRE.mean, PRE.std), ((0.5,), (0.25,)), ((127 / 255,), (128 / 255,))]
+)
+def test_every_level_is_normalised_like_torchvision(stats):
+    """Every 8-bit level of every channel, bit for bit (the sign of zero included)."""
+    from torchvision import transforms
+
+    pre = SimpleNamespace(input_size=16, resize=16, mean=stats[0], std=stats[1])
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    crop = Image.fromarray(np.stack([levels, levels[::-1], levels.T], axis=-1))
+    expected = transforms.Normalize(*stats)(transforms.ToTensor()(crop))
+    ours = images.to_array(crop, pre)
+    assert ours.dtype == np.float32 and ours.flags.c_contiguous
+    assert np.array_equal(ours.view(np.uint32), expected.numpy().view(np.uint32))
+
+
 def test_bicubic_models_match_their_torchvision_preset():
     from torchvision.models import EfficientNet_B0_Weights
 
