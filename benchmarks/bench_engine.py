@@ -236,6 +236,11 @@ def _setup(case: dict):
     if case.get("threads"):
         torch.set_num_threads(case["threads"])
     device = torch.device(case["device"])
+    if device.type == "cuda":
+        # every method in IEEE float32, as our engine always computes: PyTorch's default lets
+        # cuDNN convolutions use TF32, which would time the baselines at lower precision
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
     model, bounds, mean, std = _build_model(case["model"])
     model.to(device)
     generator = torch.Generator().manual_seed(1)
@@ -451,6 +456,7 @@ def machine_info(device: str, threads: int | None) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
+        info["fp32_precision"] = "ieee (TF32 off for every method)"
     info["engine_sha1"] = engine_fingerprint()
     try:
         root = Path(__file__).resolve().parent.parent

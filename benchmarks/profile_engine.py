@@ -91,9 +91,6 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=20, help="rows of the aten op tables")
     p.add_argument("--cprofile", action="store_true", help="cProfile the engine call instead")
     p.add_argument("--trace", type=Path, default=None, help="write a Chrome trace of our call")
-    p.add_argument(
-        "--prototype", action="store_true", help="with the fused rules of proto_fast_rules.py"
-    )
     args = p.parse_args(argv)
 
     import torch
@@ -117,11 +114,6 @@ def main(argv=None) -> int:
         with record_function("gradient.backward"):
             return torch.autograd.grad(out, leaf, onehot)[0]
 
-    if args.prototype:
-        import proto_fast_rules
-
-        proto_fast_rules.install()
-        proto_fast_rules.FAST["on"] = True
     instrument()
     explainer = Explainer(model, load_config(args.preset).composite(), input_bounds=bounds)
 

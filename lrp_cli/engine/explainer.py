@@ -21,7 +21,7 @@ from torch import Tensor, fx, nn
 
 from .composite import Composite, LayerInfo, LRNRule
 from .graph import Plan, Step, UnsupportedModelError, build_plan
-from .linear import make_linear_op
+from .linear import ieee_float32, make_linear_op
 from .lrn import lrn_relevance
 
 
@@ -56,7 +56,9 @@ class Explainer:
     ``chunk_bytes``: a layer whose input or output takes more than this per slice of the
     batch gets its rule applied slice by slice ("auto": 16 MiB on the CPU, 256 MiB on a
     GPU; None: never), so the rule's temporaries, several times the layer's output, exist
-    for one slice at a time. The user's model is only read, never modified.
+    for one slice at a time. On a CUDA GPU, float32 is computed as IEEE float32, without
+    TF32 (:func:`~lrp_cli.engine.linear.ieee_float32`). The user's model is only read,
+    never modified.
     """
 
     def __init__(
@@ -119,7 +121,7 @@ class Explainer:
         if not isinstance(x, Tensor) or not x.is_floating_point():
             raise TypeError("x must be a floating-point tensor")
         given, x = x, self._prepare(x)
-        with torch.no_grad():
+        with torch.no_grad(), ieee_float32(x.device):
             env = self._forward(x)
             logits = env[self._logits_node]
             targets = _targets(target, logits)
@@ -134,7 +136,7 @@ class Explainer:
     def forward(self, x: Tensor) -> Tensor:
         """The model's logits as the engine computes them (folded BatchNorm, explainer dtype)."""
         x = self._prepare(x)
-        with torch.no_grad():
+        with torch.no_grad(), ieee_float32(x.device):
             env = self._forward(x)
             return env[self._logits_node]
 

@@ -8,6 +8,8 @@ and its weight and bias. BatchNorm folding happens here, once, in the explainer'
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +118,26 @@ class AffineOp(LinearOp):
 
     def transpose(self, s, weight, a):
         return s * weight.view(self._shape(s))
+
+
+@contextlib.contextmanager
+def ieee_float32(device: torch.device) -> Iterator[None]:
+    """float32 convolutions and matrix products in full float32 on a CUDA device, for the
+    duration: PyTorch lets cuDNN convolutions use TF32 (a 10-bit mantissa, errors near 1e-3
+    relative) on Ampere and later GPUs by default, and LRP's divisions amplify such errors.
+    The global flags are restored afterwards; nothing changes on other devices."""
+    if device.type != "cuda":
+        yield
+        return
+    flags = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    saved = [flag.fp32_precision for flag in flags]
+    try:
+        for flag in flags:
+            flag.fp32_precision = "ieee"
+        yield
+    finally:
+        for flag, value in zip(flags, saved, strict=True):
+            flag.fp32_precision = value
 
 
 def memory_format(t: Tensor) -> torch.memory_format:
