@@ -8,8 +8,9 @@
 # On the GPU machine it
 #   1. runs the CUDA tests (tests/test_cuda.py and the other tests that need CUDA),
 #   2. times the engine against a plain gradient and zennit on VGG-16 and ResNet-50, batch 64
-#      (issue 6's GPU figures: images per second, peak memory),
+#      (issue 6's GPU figures: images per second),
 #   3. times `lrp explain` over 200 images against the engine alone (bench_cli.py),
+#   4. measures peak memory of the same cases (one process each, so last),
 # and leaves its logs and JSON under $OUT (or ./gpu-out when OUT is unset).
 #
 # The GPU image has its own python3 with torch, torchvision, click, pillow, rich, pyyaml and
@@ -45,13 +46,18 @@ export PYTHONPATH="$tree:/tmp/site" PYTHONUNBUFFERED=1
         "gpu", torch.cuda.get_device_name())'
 } 2>&1 | tee "$out/environment.txt"
 
+# the most needed first; each step has its own limit so that the whole stays within the
+# device tool's 600 s per call (estimates: none of this has run on a GPU yet)
 status=0
-timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
     tests/test_evaluate.py::test_cuda_matches_cpu tests/test_lrn.py::test_cuda_matches_cpu \
     2>&1 | tee "$out/tests.log" || status=1
-timeout 240 python3 benchmarks/bench_engine.py --device cuda --batch-size 64 \
-    --models vgg16,resnet50 --runs 5 --json "$out/engine-cuda.json" 2>&1 |
+bench=(benchmarks/bench_engine.py --device cuda --batch-size 64 --models vgg16,resnet50 --runs 5)
+timeout 150 python3 "${bench[@]}" --no-memory --json "$out/engine-cuda.json" 2>&1 |
     tee "$out/engine-cuda.txt" || status=1
-timeout 120 python3 benchmarks/bench_cli.py --device cuda --repeat 2 \
+timeout 100 python3 benchmarks/bench_cli.py --device cuda --repeat 2 \
     --json "$out/cli-cuda.json" 2>&1 | tee "$out/cli-cuda.txt" || status=1
+# peak memory: one process per case, so last and only as time allows
+timeout 150 python3 "${bench[@]}" --runs 1 --json "$out/engine-cuda-memory.json" 2>&1 |
+    tee "$out/engine-cuda-memory.txt" || status=1
 exit "$status"
