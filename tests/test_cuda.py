@@ -82,7 +82,7 @@ def test_float64_on_cuda_matches_the_cpu(name, preset):
 @pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-gamma-box"])
 def test_float32_on_cuda_is_as_exact_as_on_the_cpu(tf32_allowed, preset):
     """With TF32 allowed globally, the engine still computes IEEE float32: its error against
-    float64 stays near the CPU's (TF32 convolutions would be some 100 times further off)."""
+    float64 stays near the CPU's (TF32's 10-bit mantissa would put it far above)."""
     loaded = load_model("efficientnet_lite0")
     photo = crop_image(load_image(SAMPLES / "coffee-cup.jpg"), loaded.preprocessing)
     x = to_tensor(photo, loaded.preprocessing)[None]
@@ -99,7 +99,7 @@ def test_float32_on_cuda_is_as_exact_as_on_the_cpu(tf32_allowed, preset):
 
 @needs_cuda
 def test_explain_on_cuda_writes_the_cpu_maps(tmp_path):
-    """The whole command (decoding workers, pinned batches, writing) on the GPU."""
+    """The whole command (decoding workers, batches copied to the GPU, writing) on the GPU."""
     maps, records = {}, {}
     for device in ("cpu", "cuda"):
         out = tmp_path / device
