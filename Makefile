@@ -3,6 +3,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
+# Test-only oracle for tests/lxt_reference.py (lrp_cli never imports it): LXT 2.1 plus exactly
+# what `import lxt.efficient` needs (it imports transformers' llama/qwen/gemma/bert/gpt2 modules).
+# --no-deps skips LXT's declared but unused accelerate, bitsandbytes, open_clip_torch, tabulate.
+LXT_ORACLE = lxt==2.1 transformers==4.57.6 huggingface-hub==0.36.2 tokenizers==0.22.2 \
+	regex==2026.11.19 requests==2.34.2 urllib3==2.8.0 idna==3.20 certifi==2026.10.19.post1 \
+	charset-normalizer==3.5.3
 
 .PHONY: demo test test-all lint bench-quick clean
 
@@ -11,13 +17,17 @@ $(BIN)/lrp: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(BIN)/lrp
 
+$(VENV)/.oracles: $(BIN)/lrp Makefile
+	$(BIN)/pip install --quiet --no-deps $(LXT_ORACLE)
+	touch $(VENV)/.oracles
+
 demo: $(BIN)/lrp
 	$(BIN)/lrp explain sample_images/ --out lrp-out/ --overlay --overwrite --jsonl lrp-out/records.jsonl
 
-test: $(BIN)/lrp
+test: $(VENV)/.oracles
 	$(BIN)/pytest -q
 
-test-all: $(BIN)/lrp
+test-all: $(VENV)/.oracles
 	$(BIN)/pytest -q -m "slow or not slow"
 
 lint: $(BIN)/lrp

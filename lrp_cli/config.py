@@ -14,25 +14,11 @@ from pathlib import Path
 
 import yaml
 
+from .engine.schema import CHOICES, POSITION, RULES, SETTING_ALIASES, SETTINGS, TOP_LEVEL
+
 PRESET_PACKAGE = "lrp_cli.configs"
 
-# rule name -> allowed parameters and their types (numbers accept ints)
-RULE_PARAMS: dict[str, dict[str, tuple]] = {
-    "zero": {"zero_bias": (bool,)},
-    "epsilon": {"epsilon": (float,), "zero_bias": (bool,)},
-    "gamma": {"gamma": (float,), "stabilizer": (float,), "zero_bias": (bool,)},
-    "alpha_beta": {"alpha": (float,), "beta": (float,), "stabilizer": (float,),
-                   "zero_bias": (bool,)},
-    "zplus": {"stabilizer": (float,), "zero_bias": (bool,)},
-    "zbox": {"low": (float, list), "high": (float, list), "stabilizer": (float,),
-             "zero_bias": (bool,)},
-    "wsquare": {"stabilizer": (float,), "zero_bias": (bool,)},
-    "flat": {"stabilizer": (float,)},
-    "pass": {},
-    "lrn": {"mode": (str,), "epsilon": (float,), "beta": (float,)},
-}  # fmt: skip
 TYPE_NAMES = {float: "a number", list: "a list of numbers", bool: "true/false", str: "a string"}
-TOP_LEVEL = {"description", "rules", "default", "batchnorm", "norm", "lrn", "maxpool", "strict"}
 MATCH_KEYS = {"name", "type", "position"}
 LINE = "__line__"
 
@@ -167,22 +153,24 @@ class _Validator:
             if not isinstance(rule, dict):
                 self.fail(data, f"'{key}' must be a rule name or a mapping with 'rule'")
             self.rule(rule)
-            if rule["rule"] == "lrn" or (key == "default" and rule["rule"] == "pass"):
+            slot = RULES[rule["rule"]].slot
+            if slot not in ("linear", "any") or (key == "default" and slot == "any"):
                 self.fail(rule, f"rule {rule['rule']} cannot be the {key} rule")
-        if "norm" in data:
-            norm = data["norm"]
-            if not isinstance(norm, dict):
-                self.fail(data, "'norm' must be a mapping, e.g. {stabilizer: 1.0e-6}")
-            self.unknown_keys(norm, {"stabilizer"}, "norm parameter")
-            self.number(norm, "stabilizer", norm.get("stabilizer", 0.0))
-        if "lrn" in data:
-            lrn = data["lrn"]
-            if not isinstance(lrn, dict):
-                self.fail(data, "'lrn' must be a mapping, e.g. {mode: taylor}")
-            self.params(lrn, "lrn", dict(lrn))
-        if data.get("maxpool", "winner-take-all") not in ("winner-take-all", "average"):
-            message = f"maxpool must be winner-take-all or average, got {data['maxpool']!r}"
-            self.fail(data, message, "maxpool")
+        for alias, key in SETTING_ALIASES.items():
+            if alias in data and key in data:
+                self.fail(data, f"give '{key}' or its old name '{alias}', not both", alias)
+        for key in [*SETTINGS, *SETTING_ALIASES]:
+            if key not in data:
+                continue
+            spec = SETTINGS[SETTING_ALIASES.get(key, key)]
+            setting = data[key]
+            if not isinstance(setting, dict):
+                example = ", ".join(f"{k}: ..." for k in spec.params)
+                self.fail(data, f"'{key}' must be a mapping, e.g. {{{example}}}", key)
+            self.params(setting, spec, dict(setting), what=f"{key} parameter")
+        for key, allowed in CHOICES.items():
+            if key in data and data[key] not in allowed:
+                self.fail(data, f"{key} must be {' or '.join(allowed)}, got {data[key]!r}", key)
         if not isinstance(data.get("strict", False), bool):
             self.fail(data, "strict must be true or false", "strict")
         if not isinstance(data.get("description", ""), str):
@@ -208,33 +196,30 @@ class _Validator:
             if not types or not all(isinstance(t, str) and t.isidentifier() for t in types):
                 self.fail(match, "match type must be a layer class name or a list of them")
         if "position" in match:
-            from .engine.composite import _POSITION  # the engine's own syntax (imports torch)
-
             position = match["position"]
-            if isinstance(position, bool) or not _POSITION.match(str(position)):
+            if isinstance(position, bool) or not POSITION.match(str(position)):
                 message = "position must be first, last, an index, or a range 'start:stop'"
                 self.fail(match, message, "position")
         self.rule(entry)
 
     def rule(self, entry: dict):
         name = entry.get("rule")
-        if name not in RULE_PARAMS:
-            close = difflib.get_close_matches(str(name), RULE_PARAMS, n=1)
+        if name not in RULES:
+            close = difflib.get_close_matches(str(name), RULES, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            self.fail(
-                entry, f"unknown rule {name!r}{hint}; rules: {', '.join(RULE_PARAMS)}", "rule"
-            )
+            self.fail(entry, f"unknown rule {name!r}{hint}; rules: {', '.join(RULES)}", "rule")
         params = {k: v for k, v in entry.items() if k not in ("match", "rule", LINE)}
-        self.params(entry, name, params)
+        self.params(entry, RULES[name], params)
 
-    def params(self, where: dict, rule: str, params: dict):
+    def params(self, where: dict, spec, params: dict, what: str | None = None):
         params = {k: v for k, v in params.items() if k != LINE}
-        allowed = RULE_PARAMS[rule]
-        self.unknown_keys(params, set(allowed), f"parameter for rule {rule}", where)
+        owner = f"rule {spec.name}" if spec.name in RULES else spec.name
+        allowed = spec.params
+        self.unknown_keys(params, set(allowed), what or f"parameter for rule {spec.name}", where)
         for key, value in params.items():
             types = allowed[key]
             if float in types and self.is_number(value):
-                if key not in ("low", "high"):  # bounds may be negative
+                if key not in spec.signed:
                     self.number(where, key, value)
             elif list in types and isinstance(value, list):
                 if not value or not all(self.is_number(v) for v in value):
@@ -242,14 +227,16 @@ class _Validator:
             elif bool in types and isinstance(value, bool):
                 continue
             elif str in types and isinstance(value, str):
-                continue
+                choices = spec.choices.get(key)
+                if choices and value not in choices:
+                    message = f"{owner}: {key} must be {' or '.join(choices)}, got {value!r}"
+                    self.fail(where, message, key)
             else:
                 wanted = " or ".join(TYPE_NAMES[t] for t in types)
-                self.fail(where, f"{key} of rule {rule} must be {wanted}, got {value!r}", key)
-        try:
-            _make_rule(rule, params, validate_only=True)
-        except ValueError as error:
-            self.fail(where, f"rule {rule}: {error}")
+                self.fail(where, f"{key} of {owner} must be {wanted}, got {value!r}", key)
+        problem = spec.check(params) if spec.check else None
+        if problem:
+            self.fail(where, f"{owner}: {problem}")
 
     @staticmethod
     def is_number(value) -> bool:
@@ -260,33 +247,8 @@ class _Validator:
             self.fail(where, f"{key} must be a non-negative number, got {value!r}", key)
 
 
-def _make_rule(name: str, params: dict, validate_only: bool = False):
-    """The engine rule object for a config entry (validation needs no torch for most rules)."""
-    if validate_only:
-        if name == "alpha_beta":
-            alpha, beta = params.get("alpha", 2.0), params.get("beta", 1.0)
-            if abs(alpha - beta - 1) > 1e-12:
-                raise ValueError(f"alpha - beta must be 1, got alpha={alpha}, beta={beta}")
-        if name == "zbox" and ("low" in params) != ("high" in params):
-            raise ValueError("give both low and high, or neither (the model's bounds)")
-        if name == "lrn" and params.get("mode", "identity") not in ("identity", "taylor"):
-            raise ValueError(f"mode must be identity or taylor, got {params['mode']!r}")
-        return None
-    from . import engine
-
-    factories = {
-        "zero": lambda p: engine.ZeroRule(**p),
-        "epsilon": lambda p: engine.EpsilonRule(p.pop("epsilon", 1e-6), **p),
-        "gamma": lambda p: engine.GammaRule(**p),
-        "alpha_beta": lambda p: engine.AlphaBetaRule(**p),
-        "zplus": lambda p: engine.ZPlusRule(**p),
-        "zbox": lambda p: engine.ZBoxRule(**p),
-        "wsquare": lambda p: engine.WSquareRule(**p),
-        "flat": lambda p: engine.FlatRule(**p),
-        "pass": lambda p: engine.PassRule(),
-        "lrn": lambda p: engine.LRNRule(**p),
-    }
-    return factories[name](dict(params))
+def _params(mapping: dict, *skip: str) -> dict:
+    return {k: v for k, v in mapping.items() if k not in (*skip, LINE)}
 
 
 def _build_composite(config: RuleConfig):
@@ -298,28 +260,31 @@ def _build_composite(config: RuleConfig):
         match = entry["match"]
         types = match.get("type", ())
         types = tuple(types) if isinstance(types, list) else (types,) if types else ()
-        params = {k: v for k, v in entry.items() if k not in ("match", "rule", LINE)}
         entries.append(
             engine.RuleEntry(
                 engine.LayerMatch(match.get("name"), types, match.get("position")),
-                _make_rule(entry["rule"], params),
+                RULES[entry["rule"]].build(_params(entry, "match", "rule")),
                 origin=f"{config.source}:{entry[LINE]}",
             )
         )
-    kwargs = {}
+    kwargs, origins = {}, {}
     for key in ("default", "batchnorm"):
         if key in data:
-            params = {k: v for k, v in data[key].items() if k not in ("rule", LINE)}
-            kwargs[key] = _make_rule(data[key]["rule"], params)
-    if "lrn" in data:
-        kwargs["lrn"] = _make_rule("lrn", {k: v for k, v in data["lrn"].items() if k != LINE})
-    if "norm" in data:
-        kwargs["norm"] = engine.NormRule(data["norm"].get("stabilizer", 1e-6))
+            kwargs[key] = RULES[data[key]["rule"]].build(_params(data[key], "rule"))
+    for key in [*SETTINGS, *SETTING_ALIASES]:
+        if key in data:
+            name = SETTING_ALIASES.get(key, key)
+            kwargs[name] = SETTINGS[name].build(_params(data[key]))
+            origins[name] = f"{config.source}:{data[LINE].of(key)}"
+    for key in CHOICES:
+        if key in data:
+            kwargs[key] = data[key]
+            origins[key] = f"{config.source}:{data[LINE].of(key)}"
     return engine.Composite(
         entries,
-        maxpool=data.get("maxpool", "winner-take-all"),
         strict=data.get("strict", False),
         description=config.description,
         name=config.name,
+        origins=origins,
         **kwargs,
     )

@@ -21,7 +21,7 @@ from lrp_cli.engine import (
     EpsilonRule,
     Explainer,
     LRNRule,
-    NormRule,
+    ProportionalRule,
     ZeroRule,
     lrn_relevance,
 )
@@ -215,7 +215,7 @@ def test_taylor_differs_from_identity():
 
 # ------------------------------------------------------------------ conservation
 def _lrp0(lrn: LRNRule) -> Composite:
-    return Composite(default=ZeroRule(), lrn=lrn, norm=NormRule(0.0))
+    return Composite(default=ZeroRule(), lrn=lrn, proportional=ProportionalRule(0.0))
 
 
 @pytest.mark.parametrize(

@@ -1,26 +1,28 @@
-"""The LRP engine: rules, graph tracing and canonization, the explainer (torch only)."""
+"""The LRP engine: rules, graph tracing and canonization, the explainer (torch only).
 
-from .composite import Assignment, Composite, CompositeError, LayerMatch, LRNRule, RuleEntry
-from .explainer import Explainer, Explanation, LayerRule
-from .graph import UnsupportedModelError
-from .lrn import lrn_relevance
-from .rules import (
-    AlphaBetaRule,
-    EpsilonRule,
-    FlatRule,
-    GammaRule,
-    LinearRule,
-    NormRule,
-    PassRule,
-    WSquareRule,
-    ZBoxRule,
-    ZeroRule,
-    ZPlusRule,
-)
+Names are imported on first use, so that torch-free parts (``engine.schema``, the YAML rule
+declarations) can be read without importing torch.
+"""
 
-__all__ = [
-    "AlphaBetaRule", "Assignment", "Composite", "CompositeError", "EpsilonRule", "Explainer",
-    "Explanation", "FlatRule", "GammaRule", "LRNRule", "LayerMatch", "LayerRule", "LinearRule",
-    "NormRule", "PassRule", "RuleEntry", "UnsupportedModelError", "WSquareRule", "ZBoxRule",
-    "ZPlusRule", "ZeroRule", "lrn_relevance",
-]  # fmt: skip
+import importlib
+
+_EXPORTS = {
+    "Assignment": "composite", "Composite": "composite", "CompositeError": "composite",
+    "LayerMatch": "composite", "LRNRule": "composite", "RuleEntry": "composite",
+    "Explainer": "explainer", "Explanation": "explainer", "LayerRule": "explainer",
+    "UnsupportedModelError": "graph", "lrn_relevance": "lrn",
+    "AlphaBetaRule": "rules", "AttentionRule": "rules", "EpsilonRule": "rules",
+    "FlatRule": "rules", "GammaRule": "rules", "LayerNormRule": "rules", "LinearRule": "rules",
+    "PassRule": "rules", "ProportionalRule": "rules", "WSquareRule": "rules",
+    "ZBoxRule": "rules", "ZeroRule": "rules", "ZPlusRule": "rules",
+}  # fmt: skip
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

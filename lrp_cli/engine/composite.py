@@ -7,16 +7,23 @@ a type; within each tier the first matching entry wins; unmatched layers get the
 from __future__ import annotations
 
 import fnmatch
-import re
 import warnings
 from dataclasses import dataclass, field
 
 from .lrn import LRN_MODES
-from .rules import EpsilonRule, LinearRule, NormRule, PassRule, _check_number
+from .rules import (
+    AttentionRule,
+    EpsilonRule,
+    LayerNormRule,
+    LinearRule,
+    PassRule,
+    ProportionalRule,
+    _check_number,
+)
+from .schema import POSITION
 
 TYPE_ALIASES = {"Conv": "_ConvNd", "Convolution": "_ConvNd", "Dense": "Linear",
                 "BatchNorm": "_BatchNorm"}  # fmt: skip
-_POSITION = re.compile(r"^(first|last|-?\d+|(-?\d+)?:(-?\d+)?)$")
 
 
 class CompositeError(ValueError):
@@ -30,7 +37,7 @@ class LayerInfo:
     name: str
     type_names: tuple[str, ...]  # the class and its bases, most specific first
     position: int | None  # index among the model's Conv/Linear layers
-    kind: str  # linear | lrn
+    kind: str  # the handler's rule slot: linear | lrn | layernorm
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ class LayerMatch:
     def __post_init__(self):
         if self.name is None and not self.types and self.position is None:
             raise CompositeError("a match needs at least one of name, type, position")
-        if self.position is not None and not _POSITION.match(str(self.position)):
+        if self.position is not None and not POSITION.match(str(self.position)):
             raise CompositeError(
                 f"position must be first, last, an index or a range 'start:stop', "
                 f"got {self.position!r}"
@@ -135,17 +142,27 @@ class Composite:
     default: LinearRule = field(default_factory=lambda: EpsilonRule(1e-6))
     lrn: LRNRule = field(default_factory=LRNRule)
     batchnorm: object = field(default_factory=PassRule)  # BatchNorms with nothing to fold into
-    norm: NormRule = field(default_factory=NormRule)
+    proportional: ProportionalRule = field(default_factory=ProportionalRule)
+    layernorm: LayerNormRule = field(default_factory=LayerNormRule)
+    attention: AttentionRule = field(default_factory=AttentionRule)
     maxpool: str = "winner-take-all"  # or "average"
+    products: str = "refuse"  # or "uniform": other products of two data tensors
     strict: bool = False
     description: str = ""
     name: str = "custom"
+    origins: dict = field(default_factory=dict)  # setting -> "file:line" where it was given
 
     def __post_init__(self):
         if self.maxpool not in ("winner-take-all", "average"):
             raise CompositeError(
                 f"maxpool must be winner-take-all or average, got {self.maxpool!r}"
             )
+        if self.products not in ("refuse", "uniform"):
+            raise CompositeError(f"products must be refuse or uniform, got {self.products!r}")
+
+    def origin(self, setting: str) -> str:
+        """Where a setting came from: the config's "file:line", or "default"."""
+        return self.origins.get(setting, "default")
 
     def assign(self, layers: list[LayerInfo]) -> Assignment:
         """Give each layer its rule; warn (or raise when strict) about idle entries."""
@@ -166,6 +183,8 @@ class Composite:
             if chosen is None:
                 if layer.kind == "lrn":
                     rule = self.lrn
+                elif layer.kind == "layernorm":
+                    rule = self.layernorm
                 elif "_BatchNorm" in layer.type_names:
                     rule = self.batchnorm
                 else:
@@ -194,4 +213,6 @@ class Composite:
 def _rule_kind(rule) -> str:
     if isinstance(rule, PassRule):
         return "any"
+    if isinstance(rule, LayerNormRule):
+        return "layernorm"
     return "lrn" if isinstance(rule, LRNRule) else "linear"

@@ -4,25 +4,23 @@ The forward runs the traced graph node by node without autograd, keeping each no
 The relevance pass visits the nodes in reverse order; every value is freed as soon as the
 node is done, so peak memory stays near a plain gradient's. Linear layers whose rule keeps the
 weights (LRP-0, epsilon) reuse the forward output as the denominator: no second forward.
+What happens at each node is its handler's business (``engine/nodes/``); this module only
+schedules: which values to keep, the forward, the backward and the accumulation.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .composite import Composite, LayerInfo, LRNRule
+from .composite import Composite, LayerInfo
 from .graph import Plan, Step, UnsupportedModelError, build_plan
-from .linear import ieee_float32, make_linear_op
-from .lrn import lrn_relevance
+from .linear import LinearOp, ieee_float32
+from .nodes.movement import maxpool2d_params
 
 
 @dataclass
@@ -36,14 +34,15 @@ class Explanation:
 
 @dataclass(frozen=True)
 class LayerRule:
-    """One row of the rule table: a layer and the rule it gets."""
+    """One row of the rule table: a layer (or gate, attention, product) and its rule."""
 
     name: str
     type: str
     position: int | None
     rule: str
-    source: str  # the config entry that chose the rule, or "default"
+    source: str  # the config entry or setting that chose the rule, or "default"
     folded: str | None = None  # the BatchNorm folded into this layer
+    relevance: bool = True  # False: nothing reaches it (a gate branch, attention's q and k)
 
 
 class Explainer:
@@ -82,38 +81,29 @@ class Explainer:
         self.input_bounds = input_bounds
         self.channels_last = channels_last
         self.plan: Plan = build_plan(model)
+        self._index = {s.node: s for s in self.plan.steps}
         self._check_output()
-        infos = {id(s): _layer_info(s) for s in self.plan.steps if s.kind in ("linear", "lrn")}
-        steps = [s for s in self.plan.steps if id(s) in infos]
-        self.assignment = self.composite.assign([infos[id(s)] for s in steps])
-        self.layer_rules: list[LayerRule] = []
-        for step, (info, rule, source) in zip(steps, self.assignment.layers, strict=True):
-            step.rule = rule
-            self.layer_rules.append(
-                LayerRule(
-                    info.name,
-                    info.type_names[0],
-                    info.position,
-                    rule.describe(),
-                    source,
-                    step.batchnorm_name,
-                )
-            )
-        for step in self.plan.steps:
-            if step.kind == "norm":
-                step.rule = self.composite.norm
+        self._assign_rules()
         self._modules = {
             id(s): _runnable(s.module) for s in self.plan.steps if s.module is not None
         }
-        self._pools = {
+        self.pools = {
             id(s): params
             for s in self.plan.steps
-            if self.composite.maxpool == "winner-take-all" and (params := _maxpool2d_params(s))
+            if self.composite.maxpool == "winner-take-all" and (params := maxpool2d_params(s))
         }
+        self.live = self._live_nodes()
+        for step in self.plan.steps:
+            if step.node in self.live:
+                step.handler.check(step, self)
+        self.layer_rules = self._rule_table()
         self._drop_after, self._recompute = self._plan_memory()
-        self._tuple_items: set[fx.Node] = set()  # getitem nodes that pick from a tuple value
+        self.tuple_items: set[fx.Node] = set()  # getitem nodes that pick from a tuple value
         self._prepared: tuple | None = None
-        self._ops: dict[int, object] = {}
+        self.ops: dict[int, object] = {}
+        self.constants: dict[fx.Node, object] = {}
+        self._shapes: dict[fx.Node, torch.Size] = {}
+        self._returned = None
 
     # ------------------------------------------------------------------ public API
     def __call__(self, x: Tensor, target=None) -> Explanation:
@@ -127,20 +117,71 @@ class Explainer:
             targets = _targets(target, logits)
             start = torch.zeros_like(logits)
             start.scatter_(1, targets[:, None], logits.gather(1, targets[:, None]))
-            env[_LOGITS] = logits  # stays until the end: the caller's, never overwritten
-            relevance = self._backward(env, start, x)
+            self._returned = logits  # the caller's: never overwritten
+            try:
+                relevance = self._backward(env, start, x)
+            finally:
+                self._returned = None
         if relevance.dim() == 4 and given.is_contiguous() and not relevance.is_contiguous():
             relevance = relevance.contiguous()
         return Explanation(relevance, logits, targets)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """The model's logits as the engine computes them (folded BatchNorm, explainer dtype)."""
-        x = self._prepare(x)
-        with torch.no_grad(), ieee_float32(x.device):
-            env = self._forward(x)
-            return env[self._logits_node]
+    # ------------------------------------------------------------ for the handlers
+    def call(self, step: Step, lookup) -> object:
+        """Compute a node's value with its inputs taken from ``lookup``."""
+        node = step.node
+        args, kwargs = self.arguments(step, lookup)
+        if step.kind == "linear":
+            op = self.ops[id(step)]
+            return op.forward(args[0], op.weight, op.bias)
+        if node.op == "call_module":
+            return self._modules[id(step)](*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], step.function)(*args[1:], **kwargs)
+        if kwargs.get("inplace"):
+            kwargs["inplace"] = False
+        return step.function(*args, **kwargs)
 
-    # ------------------------------------------------------------------ internals
+    def arguments(self, step: Step, lookup) -> tuple[tuple, dict]:
+        """The node's positional and keyword arguments with nodes replaced by values."""
+        node = step.node
+        return fx.node.map_arg(node.args, lookup), dict(fx.node.map_arg(node.kwargs, lookup))
+
+    def graph_inputs(self, node: fx.Node) -> list[fx.Node]:
+        """The node's inputs whose values depend on the model's input."""
+        return [n for n in node.all_input_nodes if self._index[n].kind != "constant"]
+
+    def step_of(self, node: fx.Node) -> Step:
+        return self._index[node]
+
+    def shape_of(self, node: fx.Node) -> torch.Size:
+        """The shape the node's value had in this batch's forward (kept for every node)."""
+        return self._shapes[node]
+
+    def is_returned(self, value: Tensor) -> bool:
+        """Whether ``value`` is (or views the storage of) the logits handed to the caller."""
+        returned = self._returned
+        if returned is None:
+            return False
+        return value.untyped_storage().data_ptr() == returned.untyped_storage().data_ptr()
+
+    def divides_by_output(self, step: Step) -> bool:
+        """Whether a linear layer's rule reads the layer's own output."""
+        producer = self._index[self.graph_inputs(step.node)[0]]
+        return getattr(step.rule, "needs_output", lambda _: False)(producer.nonnegative)
+
+    def chunk_limit(self, like: Tensor) -> int | None:
+        if self.chunk_bytes == "auto":
+            return (16 if like.device.type == "cpu" else 256) << 20
+        return self.chunk_bytes
+
+    def bounds(self, rule):
+        low, high = getattr(rule, "low", None), getattr(rule, "high", None)
+        if low is not None:
+            return low, high
+        return self.input_bounds
+
+    # ------------------------------------------------------------------ set-up
     def _check_output(self):
         (result,) = self.plan.output.args
         if not isinstance(result, fx.Node):
@@ -153,57 +194,54 @@ class Explainer:
             raise UnsupportedModelError("the model must take exactly one input tensor")
         self._input_node = placeholders[0]
 
-    def _prepare(self, x: Tensor) -> Tensor:
-        """Fold BatchNorms and cast weights once per dtype/device/memory format, not per call;
-        ``x`` in the memory format to compute in."""
-        channels_last = self._use_channels_last(x)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        dtype, device = x.dtype, x.device
-        if self._prepared == (dtype, device, channels_last):
-            return x
-        self._ops = {}
+    def _assign_rules(self):
+        """Per-layer rules from the composite's entries; one setting for the other kinds."""
+        matched = [s for s in self.plan.steps if s.handler.rule_slot is not None]
+        self.assignment = self.composite.assign([_layer_info(s) for s in matched])
+        self._sources = {}
+        for step, (_, rule, source) in zip(matched, self.assignment.layers, strict=True):
+            step.rule = rule
+            self._sources[id(step)] = source
         for step in self.plan.steps:
-            if step.kind == "linear":
-                op = make_linear_op(step.module, step.batchnorm, dtype, device)
-                if channels_last and op.weight.dim() == 4:
-                    op.weight = op.weight.contiguous(memory_format=torch.channels_last)
-                self._ops[id(step)] = op
-        self._constants = {}
+            field = step.handler.composite_field
+            if field is not None:
+                step.rule = getattr(self.composite, field)
+
+    def _live_nodes(self) -> set[fx.Node]:
+        """The nodes relevance can reach from the logits (not a gate's branch, not the
+        queries and keys under CP-LRP)."""
+        live = {self._logits_node}
+        for step in reversed(self.plan.steps):
+            if step.node in live:
+                live.update(step.handler.receivers(step, self))
+        return live
+
+    def _rule_table(self) -> list[LayerRule]:
+        rows = []
         for step in self.plan.steps:
-            if step.node.op == "get_attr":
-                value = _fetch_attr(self.plan.graph_module, step.node.target)
-                if isinstance(value, Tensor) and value.is_floating_point():
-                    value = value.to(device=device, dtype=dtype)
-                self._constants[step.node] = value
-        self._prepared = (dtype, device, channels_last)
-        return x
-
-    def _use_channels_last(self, x: Tensor) -> bool:
-        if x.dim() != 4 or self.channels_last is False:
-            return False
-        return self.channels_last is True or (x.device.type, x.dtype) == ("cpu", torch.float32)
-
-    def _call(self, step: Step, lookup) -> object:
-        """Compute a node's value with its inputs taken from ``lookup``."""
-        node = step.node
-        args = fx.node.map_arg(node.args, lookup)
-        kwargs = dict(fx.node.map_arg(node.kwargs, lookup))
-        if step.kind == "linear":
-            op = self._ops[id(step)]
-            return op.forward(args[0], op.weight, op.bias)
-        if node.op == "call_module":
-            return self._modules[id(step)](*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], step.function)(*args[1:], **kwargs)
-        if kwargs.get("inplace"):
-            kwargs["inplace"] = False
-        return step.function(*args, **kwargs)
+            if step.handler.rule_slot is not None:
+                rule, source = step.rule.describe(), self._sources[id(step)]
+            else:
+                rule = step.handler.describe(step, self)
+                if rule is None:
+                    continue
+                source = self.composite.origin(step.handler.composite_field or step.kind)
+            rows.append(
+                LayerRule(
+                    step.name,
+                    step.type_names[0] if step.handler.rule_slot or step.module else step.kind,
+                    step.position,
+                    rule,
+                    source,
+                    step.batchnorm_name,
+                    step.node in self.live,
+                )
+            )
+        return rows
 
     def _plan_memory(self) -> tuple[list[list[fx.Node]], dict[fx.Node, Step]]:
-        """For each step, the values the forward can drop after it: the relevance pass needs
-        only linear layers' inputs (and outputs where the rule divides by them), the operands
-        of sums and the inputs of ops whose vector-Jacobian product is re-run.
+        """For each step, the values the forward can drop after it: what the handlers of
+        live steps read (the rest only feeds the forward).
 
         Values that are cheap to recompute from ones kept anyway are recomputed in the
         relevance pass instead (the second value returned): the output of a layer on the
@@ -212,26 +250,16 @@ class Explainer:
         second copy of a large tensor."""
         keep = {self._logits_node}
         for step in self.plan.steps:
-            inputs = self._graph_inputs(step.node)
-            if step.kind == "constant":
-                keep.add(step.node)
-            elif step.kind == "linear":
-                keep.update(inputs)
-                if self._divides_by_output(step):
-                    keep.add(step.node)
-            elif step.kind == "norm":
-                keep.update(inputs)
-                keep.add(step.node)
-            elif step.kind in ("move", "maxpool", "lrn") and id(step) not in self._pools:
-                keep.update(inputs)
+            if step.kind == "constant" or step.node in self.live:
+                keep.update(step.handler.keeps(step, self))
         recompute: dict[fx.Node, Step] = {}
         for step in self.plan.steps:  # a layer on the model's input: a few channels, cheap
-            if step.kind == "linear" and step.node in keep and self._divides_by_output(step):
-                if self._graph_inputs(step.node) == [self._input_node]:
+            if step.kind == "linear" and step.node in keep and self.divides_by_output(step):
+                if self.graph_inputs(step.node) == [self._input_node]:
                     keep.discard(step.node)
                     recompute[step.node] = step
         for step in self.plan.steps:  # deterministic activations (ReLU, sigmoid...) only
-            inputs = self._graph_inputs(step.node)
+            inputs = self.graph_inputs(step.node)
             if step.kind == "pass" and step.nonnegative and step.node in keep and len(inputs) == 1:
                 if inputs[0] in keep and inputs[0] not in recompute:
                     keep.discard(step.node)
@@ -246,30 +274,48 @@ class Explainer:
                 drops[index].append(node)
         return drops, recompute
 
+    def _prepare(self, x: Tensor) -> Tensor:
+        """Cast weights (BatchNorms folded) once per dtype/device/memory format, not per
+        call; ``x`` in the memory format to compute in."""
+        channels_last = self._use_channels_last(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype, device = x.dtype, x.device
+        if self._prepared == (dtype, device, channels_last):
+            return x
+        self.ops = {}
+        for step in self.plan.steps:
+            op = step.handler.prepare(step, dtype, device)
+            if op is None:
+                continue
+            if isinstance(op, LinearOp) and channels_last and op.weight.dim() == 4:
+                op.weight = op.weight.contiguous(memory_format=torch.channels_last)
+            self.ops[id(step)] = op
+        self.constants = {}
+        for step in self.plan.steps:
+            if step.node.op == "get_attr":
+                value = _fetch_attr(self.plan.graph_module, step.node.target)
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    value = value.to(device=device, dtype=dtype)
+                self.constants[step.node] = value
+        self._prepared = (dtype, device, channels_last)
+        return x
+
+    def _use_channels_last(self, x: Tensor) -> bool:
+        if x.dim() != 4 or self.channels_last is False:
+            return False
+        return self.channels_last is True or (x.device.type, x.dtype) == ("cpu", torch.float32)
+
+    # ------------------------------------------------------------------ the passes
     def _forward(self, x: Tensor) -> dict:
         env: dict[fx.Node, object] = {}
-        lookup = env.__getitem__
+        shapes = self._shapes
         for step, drops in zip(self.plan.steps, self._drop_after, strict=True):
             node = step.node
-            if step.kind == "input":
-                env[node] = x
-            elif node.op == "get_attr":
-                env[node] = self._constants[node]
-            elif step.kind == "folded":
-                env[node] = env[step.function]
-            else:
-                if step.function is operator.getitem and isinstance(
-                    env.get(node.args[0]), (tuple, list)
-                ):
-                    self._tuple_items.add(node)
-                if id(step) in self._pools:  # keep the winners, not the input
-                    a = env[node.args[0]]
-                    env[node], indices = F.max_pool2d(
-                        a, *self._pools[id(step)], return_indices=True
-                    )
-                    env[("indices", node)] = (indices, a.shape)
-                else:
-                    env[node] = self._call(step, lookup)
+            value = x if step.kind == "input" else step.handler.forward(step, env, self)
+            env[node] = value
+            if isinstance(value, Tensor):
+                shapes[node] = value.shape
             for done in drops:
                 env.pop(done, None)
         return env
@@ -284,167 +330,18 @@ class Explainer:
                 needed = node.all_input_nodes + ([node] if own else [])
                 for value_node in needed:
                     if value_node in self._recompute and value_node not in env:
-                        env[value_node] = self._call(self._recompute[value_node], env.__getitem__)
-                for source, value in self._propagate(step, env, relevance.pop(node)):
+                        env[value_node] = self.call(self._recompute[value_node], env.__getitem__)
+                for source, value in step.handler.propagate(step, env, relevance.pop(node), self):
                     _accumulate(relevance, source, value)
             elif step.kind == "input":
                 result = relevance.pop(node, None)
             env.pop(node, None)
         return torch.zeros_like(x) if result is None else result
 
-    def _propagate(self, step: Step, env: dict, r):
-        """Relevance of the node's graph inputs: a list of (input node, relevance)."""
-        node, kind = step.node, step.kind
-        if kind == "folded":
-            return [(step.function, r)]
-        if kind == "pass":
-            return [(self._graph_inputs(node)[0], r)]
-        if kind == "linear":
-            (source,) = self._graph_inputs(node)
-            relevance = functools.partial(
-                step.rule.relevance,
-                self._ops[id(step)],
-                nonnegative=_step_of(self.plan, source).nonnegative,
-                bounds=self._bounds(step.rule),
-                # modified weights live for this layer's step (all slices), once per batch:
-                # kept across batches they would hold several copies of the model's weights
-                cache={},
-            )
-            # the output is None where the rule does not divide by it
-            z = env.pop(node, None)
-            return [(source, _in_slices(relevance, env[source], z, r, self._chunk_limit(r)))]
-        if kind == "norm":
-            return self._norm(step, env, r)
-        if kind == "maxpool" and self.composite.maxpool == "average":
-            return self._maxpool_as_average(step, env, r)
-        if id(step) in self._pools:
-            indices, shape = env.pop(("indices", node))
-            like = r.new_empty(1).expand(shape)  # the op reads only the input's shape
-            r_in = torch.ops.aten.max_pool2d_with_indices_backward(
-                r, like, *self._pools[id(step)], indices
-            )
-            return [(node.args[0], r_in)]
-        if kind in ("move", "maxpool"):
-            if node in self._tuple_items:
-                return [(node.args[0], {node.args[1]: r})]
-            return list(self._vjp(step, env, r).items())
-        if kind == "lrn":
-            return self._lrn(step, env, r)
-        raise UnsupportedModelError(f"no relevance handler for node '{node.name}' ({kind})")
-
-    def _divides_by_output(self, step: Step) -> bool:
-        """Whether a linear layer's rule reads the layer's own output."""
-        producer = _step_of(self.plan, self._graph_inputs(step.node)[0])
-        return getattr(step.rule, "needs_output", lambda _: False)(producer.nonnegative)
-
-    def _chunk_limit(self, like: Tensor) -> int | None:
-        if self.chunk_bytes == "auto":
-            return (16 if like.device.type == "cpu" else 256) << 20
-        return self.chunk_bytes
-
-    def _graph_inputs(self, node: fx.Node) -> list[fx.Node]:
-        return [n for n in node.all_input_nodes if _step_of(self.plan, n).kind != "constant"]
-
-    def _vjp(self, step: Step, env: dict, r) -> dict:
-        """The op's vector-Jacobian product with ``r`` for each graph input."""
-        inputs = self._graph_inputs(step.node)
-        with torch.enable_grad():
-            leaves = {n: env[n].detach().requires_grad_() for n in inputs}
-            out = self._call(step, lambda n: leaves.get(n, env[n]))
-            if isinstance(r, dict):  # relevance of some items of a tuple output
-                outs = [out[i] for i in r]
-                grads = list(r.values())
-            else:
-                outs, grads = [out], [r]
-            found = _vector_jacobian(outs, [leaves[n] for n in inputs], grads)
-        return {n: g for n, g in zip(inputs, found, strict=True) if g is not None}
-
-    def _norm(self, step: Step, env: dict, r):
-        inputs = self._graph_inputs(step.node)
-        plain = _is_plain_add(step, inputs, env)
-        # the sum's value is needed by nothing after this step (unless it is, or is viewed
-        # by, the logits the caller gets back): its memory takes the signal, then the last
-        # input's share
-        z = env[step.node]
-        owned = z.untyped_storage().data_ptr() != env[_LOGITS].untyped_storage().data_ptr()
-        s = step.rule.divide(r, z, scratch=owned)
-        if plain:
-            *others, last = inputs
-            shares = [(n, env[n] * s) for n in others]
-            return shares + [(last, s.mul_(env[last]) if owned else env[last] * s)]
-        return [(n, env[n] * g) for n, g in self._vjp(step, env, s).items()]
-
-    def _maxpool_as_average(self, step: Step, env: dict, r):
-        (source,) = self._graph_inputs(step.node)
-        pool = _average_pool_like(step)
-        a = env[source]
-        with torch.enable_grad():
-            leaf = a.detach().requires_grad_()
-            z = pool(leaf)
-            s = self.composite.norm.divide(r, z.detach())
-            (g,) = _vector_jacobian([z], [leaf], [s])
-        return [(source, a * g)]
-
-    def _lrn(self, step: Step, env: dict, r):
-        (source,) = self._graph_inputs(step.node)
-        rule: LRNRule = step.rule
-        if not isinstance(rule, LRNRule):  # pass
-            return [(source, r)]
-        params = _lrn_params(step)
-        r_in = lrn_relevance(
-            env[source], r, *params, mode=rule.mode, epsilon=rule.epsilon, sign_beta=rule.beta
-        )
-        return [(source, r_in)]
-
-    def _bounds(self, rule):
-        low, high = getattr(rule, "low", None), getattr(rule, "high", None)
-        if low is not None:
-            return low, high
-        return self.input_bounds
-
-
-_LOGITS = "logits returned"  # env key beside the nodes: the tensor handed back to the caller
-
 
 # ---------------------------------------------------------------------- helpers
-def _vector_jacobian(
-    outputs: list[Tensor], inputs: list[Tensor], grads: list[Tensor]
-) -> tuple[Tensor | None, ...]:
-    """``torch.autograd.grad(outputs, inputs, grads, allow_unused=True)``, minus its checks.
-
-    Why: ``torch.autograd.grad`` checks each grad's shape through ``torch.fx``'s symbolic
-    shapes, whose first use imports sympy: 0.5-0.65 s once per process (the built-in model's
-    first batch of 8 took 1.35 s with it, 0.75 s without). Our grads are relevances of the
-    outputs' own shapes, so the engine that torch calls after its checks is called directly
-    (torch is pinned).
-    """
-    if _run_backward is None:  # pragma: no cover - only on a torch without it
-        return torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
-    args = (tuple(outputs), tuple(grads), False, False, tuple(inputs), True)
-    return _run_backward(*args, accumulate_grad=False)
-
-
-_run_backward = getattr(torch.autograd.graph, "_engine_run_backward", None)
-
-
-def _in_slices(relevance, a: Tensor, z: Tensor | None, r: Tensor, limit: int | None) -> Tensor:
-    """``relevance(a, z, r)`` over slices of the batch of at most ``limit`` bytes of input or
-    output each, written into one result (rules are per sample, so the numbers are the same)."""
-    batch = a.shape[0]
-    per_sample = max(a[:1].numel() * a.element_size(), r[:1].numel() * r.element_size())
-    size = batch if limit is None else max(1, limit // max(per_sample, 1))
-    if size >= batch:
-        return relevance(a, z, r)
-    out = torch.empty_like(a)
-    for start in range(0, batch, size):
-        part = slice(start, start + size)
-        out[part] = relevance(a[part], None if z is None else z[part], r[part])
-    return out
-
-
 def _layer_info(step: Step) -> LayerInfo:
-    names = tuple(t.__name__ for t in type(step.module).__mro__ if t is not object)
-    return LayerInfo(step.name, names, step.position, "lrn" if step.kind == "lrn" else "linear")
+    return LayerInfo(step.name, step.type_names, step.position, step.handler.rule_slot)
 
 
 def _runnable(module: nn.Module) -> nn.Module:
@@ -453,13 +350,6 @@ def _runnable(module: nn.Module) -> nn.Module:
         module = copy.copy(module)
         module.inplace = False
     return module
-
-
-def _step_of(plan: Plan, node: fx.Node) -> Step:
-    index = getattr(plan, "_index", None)
-    if index is None:
-        index = plan._index = {s.node: s for s in plan.steps}
-    return index[node]
 
 
 def _fetch_attr(gm: fx.GraphModule, target: str):
@@ -478,58 +368,6 @@ def _accumulate(relevance: dict, node: fx.Node, value) -> None:
         relevance[node] = relevance[node] + value
     else:
         relevance[node] = value
-
-
-def _is_plain_add(step: Step, inputs, env) -> bool:
-    """``a + b`` of same-shaped tensors: its VJP is the identity for each term."""
-    if step.function not in (operator.add, torch.add, "add", "__add__"):
-        return False
-    if len(inputs) != len(step.node.args) or step.node.kwargs:
-        return False
-    shapes = {env[n].shape for n in inputs}
-    return len(shapes) == 1 and env[step.node].shape in shapes
-
-
-def _maxpool2d_params(step: Step) -> tuple | None:
-    """``(kernel, stride, padding, dilation, ceil_mode)`` of a plain ``nn.MaxPool2d`` step."""
-    m = step.module
-    if step.kind != "maxpool" or type(m) is not nn.MaxPool2d or m.return_indices:
-        return None
-    if len(step.node.args) != 1 or step.node.kwargs:
-        return None
-    pair = torch.nn.modules.utils._pair
-    stride = m.stride if m.stride is not None else m.kernel_size
-    sizes = (m.kernel_size, stride, m.padding, m.dilation)
-    return (*(list(pair(v)) for v in sizes), m.ceil_mode)
-
-
-def _average_pool_like(step: Step):
-    """The average pooling with a max pooling's window (Montavon's treatment of max pooling)."""
-    if step.module is None:
-        raise UnsupportedModelError(
-            f"maxpool: average needs a MaxPool module, node '{step.node.name}' is functional"
-        )
-    m = step.module
-    if isinstance(m, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)):
-        dims = int(type(m).__name__[-2])
-        adaptive = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
-        return lambda a: adaptive[dims](a, m.output_size)
-    dims = int(type(m).__name__[-2])
-    if m.dilation not in (1, (1,) * dims):
-        raise UnsupportedModelError(f"maxpool: average cannot mirror dilated '{step.name}'")
-    avg = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
-    stride = m.stride if m.stride is not None else m.kernel_size
-    return lambda a: avg(a, m.kernel_size, stride, m.padding, m.ceil_mode, True)
-
-
-def _lrn_params(step: Step) -> tuple:
-    if step.module is not None:
-        m = step.module
-        return m.size, m.alpha, m.beta, m.k
-    bound = inspect.signature(F.local_response_norm).bind(*step.node.args, **step.node.kwargs)
-    bound.apply_defaults()
-    a = bound.arguments
-    return a["size"], a["alpha"], a["beta"], a["k"]
 
 
 def _targets(target, logits: Tensor) -> Tensor:

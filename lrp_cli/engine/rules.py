@@ -399,25 +399,63 @@ class FlatRule(LinearRule):
 
 
 @dataclass
-class NormRule:
-    """norm: split among the inputs of a sum or average in proportion to their share.
+class ProportionalRule:
+    """proportional: split among the inputs of a sum or average in proportion to their share.
 
-    Used for residual additions, ``sum``/``mean`` and average pooling: ``R_i = x_i * dz/dx_i^T
-    (R / stab(z))`` with the op's own vector-Jacobian product.
+    Used for residual additions, ``sum``/``mean``, average pooling, the position-embedding
+    add: ``R_i = x_i * dz/dx_i^T (R / stab(z))`` with the op's own vector-Jacobian product.
+    (Called "norm" in zennit and in older configs, which still accept that key.)
     """
 
     stabilizer: float = 1e-6
-    name: str = field(init=False, default="norm")
+    name: str = field(init=False, default="proportional")
 
     def __post_init__(self):
         self.stabilizer = _check_number("stabilizer", self.stabilizer)
 
     def describe(self) -> str:
-        return f"norm(stabilizer={self.stabilizer})"
+        return f"proportional(stabilizer={self.stabilizer})"
 
     def divide(self, r: Tensor, z: Tensor, scratch: bool = False) -> Tensor:
         """``r / stab(z)``; ``scratch``: ``z`` may be overwritten with the result."""
         return divide(r, z, self.stabilizer, scratch)
+
+
+@dataclass
+class LayerNormRule:
+    """The LN-rule: LRP-epsilon on LayerNorm with its standard deviation held constant;
+    ``zero_bias`` leaves ``beta`` out of the denominator."""
+
+    stabilizer: float = 1e-6
+    zero_bias: bool = False
+    name: str = field(init=False, default="layernorm")
+
+    def __post_init__(self):
+        self.stabilizer = _check_number("epsilon", self.stabilizer)
+        if not isinstance(self.zero_bias, bool):
+            raise ValueError(f"zero_bias must be true or false, got {self.zero_bias!r}")
+
+    def describe(self) -> str:
+        bias = ", zero_bias=True" if self.zero_bias else ""
+        return f"layernorm(epsilon={self.stabilizer}{bias})"
+
+
+@dataclass
+class AttentionRule:
+    """How attention is explained: ``cp`` (CP-LRP: attention weights constant, relevance
+    through the values) or ``attnlrp`` (softmax Taylor rule, uniform epsilon products)."""
+
+    mode: str = "cp"
+    epsilon: float = 1e-6
+    name: str = field(init=False, default="attention")
+
+    def __post_init__(self):
+        if self.mode not in ("cp", "attnlrp"):
+            raise ValueError(f"attention mode must be cp or attnlrp, got {self.mode!r}")
+        self.epsilon = _check_number("epsilon", self.epsilon)
+
+    def describe(self) -> str:
+        return f"{'cp-lrp' if self.mode == 'cp' else 'attnlrp'}(epsilon={self.epsilon})"
 
 
 @dataclass

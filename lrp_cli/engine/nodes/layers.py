@@ -1,0 +1,164 @@
+"""The model's input, constants, and the linear layers that carry the per-layer rules."""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+import torch
+from torch import Tensor, nn
+
+from ..linear import make_linear_op
+from .base import NodeHandler, exact_type, refuse, register
+
+LINEAR_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+BATCHNORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@register
+class InputHandler(NodeHandler):
+    kind = "input"
+
+    def recognise(self, node, ctx):
+        from ..graph import Step
+
+        return Step(node, self.kind) if node.op == "placeholder" else None
+
+    def forward(self, step, env, explainer):
+        raise AssertionError("the explainer places the input")  # pragma: no cover
+
+
+@register
+class ConstantHandler(NodeHandler):
+    """Values that do not depend on the input's data (parameters, shapes, position biases):
+    computed in the forward, never explained."""
+
+    kind = "constant"
+
+    def recognise(self, node, ctx):
+        from ..graph import Step
+
+        if node.op == "get_attr":
+            return Step(node, self.kind)
+        if ctx.depends[node]:
+            return None
+        if node.op == "call_module":
+            return Step(node, self.kind, module=ctx.modules[node.target], module_name=node.target)
+        return Step(node, self.kind, function=out_of_place(node.target))
+
+    def keeps(self, step, explainer):
+        return (step.node,)
+
+    def forward(self, step, env, explainer):
+        if step.node.op == "get_attr":
+            return explainer.constants[step.node]
+        return explainer.call(step, env.__getitem__)
+
+    def receivers(self, step, explainer):
+        return []
+
+
+@register
+class LinearHandler(NodeHandler):
+    """Conv/Linear (a directly following BatchNorm folded in) or a lone BatchNorm: the rule
+    the config gives that layer."""
+
+    kind = "linear"
+    rule_slot = "linear"
+
+    def recognise(self, node, ctx):
+        from ..graph import Step
+
+        if node.op != "call_module":
+            return None
+        module = ctx.modules[node.target]
+        if exact_type(module, LINEAR_MODULES):
+            if getattr(module, "padding_mode", "zeros") != "zeros":
+                refuse(node, f"padding_mode={module.padding_mode!r} is not supported", module)
+            return Step(node, self.kind, module=module, module_name=str(node.target))
+        if exact_type(module, BATCHNORM_MODULES):
+            return Step(node, self.kind, module=module, module_name=str(node.target))
+        return None
+
+    def prepare(self, step, dtype, device):
+        return make_linear_op(step.module, step.batchnorm, dtype, device)
+
+    def keeps(self, step, explainer):
+        kept = list(explainer.graph_inputs(step.node))
+        if explainer.divides_by_output(step):
+            kept.append(step.node)
+        return kept
+
+    def propagate(self, step, env, r, explainer):
+        (source,) = explainer.graph_inputs(step.node)
+        relevance = functools.partial(
+            step.rule.relevance,
+            explainer.ops[id(step)],
+            nonnegative=explainer.step_of(source).nonnegative,
+            bounds=explainer.bounds(step.rule),
+            # modified weights live for this layer's step (all slices), once per batch:
+            # kept across batches they would hold several copies of the model's weights
+            cache={},
+        )
+        z = env.pop(step.node, None)  # None where the rule does not divide by it
+        return [(source, in_slices(relevance, env[source], z, r, explainer.chunk_limit(r)))]
+
+
+@register
+class FoldedHandler(NodeHandler):
+    """A BatchNorm folded into the layer before it: its value is that layer's output."""
+
+    kind = "folded"
+
+    def forward(self, step, env, explainer):
+        return env[step.function]
+
+    def receivers(self, step, explainer):
+        return [step.function]
+
+    def propagate(self, step, env, r, explainer):
+        return [(step.function, r)]
+
+
+def fold_batchnorms(steps: dict) -> None:
+    """Fold each BatchNorm whose only input is a Conv/Linear used by nothing else."""
+    for node, step in steps.items():
+        if step.kind != "linear" or not exact_type(step.module, BATCHNORM_MODULES):
+            continue
+        (source,) = node.all_input_nodes
+        producer = steps.get(source)
+        if (
+            producer is not None
+            and producer.kind == "linear"
+            and producer.batchnorm is None
+            and not exact_type(producer.module, BATCHNORM_MODULES)
+            and len(source.users) == 1
+            and producer.module.weight.shape[0] == step.module.num_features
+        ):
+            producer.batchnorm, producer.batchnorm_name = step.module, step.module_name
+            step.kind = "folded"
+            step.function = source  # its value is the producer's (folded) output
+
+
+def in_slices(relevance, a: Tensor, z: Tensor | None, r: Tensor, limit: int | None) -> Tensor:
+    """``relevance(a, z, r)`` over slices of the batch of at most ``limit`` bytes of input or
+    output each, written into one result (rules are per sample, so the numbers are the same)."""
+    batch = a.shape[0]
+    per_sample = max(a[:1].numel() * a.element_size(), r[:1].numel() * r.element_size())
+    size = batch if limit is None else max(1, limit // max(per_sample, 1))
+    if size >= batch:
+        return relevance(a, z, r)
+    out = torch.empty_like(a)
+    for start in range(0, batch, size):
+        part = slice(start, start + size)
+        out[part] = relevance(a[part], None if z is None else z[part], r[part])
+    return out
+
+
+_INPLACE = {operator.iadd: operator.add, operator.isub: operator.sub,
+            operator.imul: operator.mul, operator.itruediv: operator.truediv}  # fmt: skip
+
+
+def out_of_place(target):
+    """The out-of-place function for an in-place operator (``x += y`` traces to iadd)."""
+    return _INPLACE.get(target, target)
