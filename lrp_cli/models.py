@@ -11,7 +11,9 @@ import difflib
 import importlib
 import os
 import re
+import sys
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -304,7 +306,9 @@ def _load_torchvision(
     module = torchvision.models.get_model(name, weights=None, **kwargs)
     state = _read_weights(weights)
     if aux:
-        state = {k: v for k, v in state.items() if not k.startswith(aux)}
+        state = _with_metadata_of(
+            state, ((k, v) for k, v in state.items() if not k.startswith(aux))
+        )
     _load_into(module, state, weights, classes_hint=num_classes is None)
     categories = meta_categories if classes == len(meta_categories) else None
     return LoadedModel(name, module, preprocessing, categories, str(weights))
@@ -438,7 +442,12 @@ def _load_failure(exc: BaseException) -> str:
 
 
 def _as_state_dict(obj: Any, file: Path) -> dict[str, Tensor]:
-    """Unwrap checkpoint dicts, strip DataParallel/compile prefixes, check it is all tensors."""
+    """Unwrap checkpoint dicts, strip DataParallel/compile prefixes, check it is all tensors.
+
+    The result keeps the ``_metadata`` that ``torch.save(model.state_dict())`` stores (the
+    per-module ``version`` numbers that some modules' loading depends on, e.g. torchvision's
+    MNASNet), with the same prefixes stripped from its module names.
+    """
     import torch
 
     if isinstance(obj, Mapping):
@@ -448,18 +457,85 @@ def _as_state_dict(obj: Any, file: Path) -> dict[str, Tensor]:
                 break
     if not isinstance(obj, Mapping) or not obj:
         raise ModelError(f"{file} does not contain a state dict (a mapping of names to tensors)")
-    state: dict[str, Tensor] = {}
+    state: OrderedDict[str, Tensor] = OrderedDict()
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise ModelError(
                 f"{file} does not contain a plain state dict: entry {key!r} is "
                 f"{type(value).__name__}, not a tensor"
             )
-        for prefix in _STRIP_PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
-        state[key] = value
+        state[_strip_prefixes(key)] = value
+    raw = getattr(obj, "_metadata", None)
+    if isinstance(raw, Mapping):
+        metadata: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        for name, entry in raw.items():  # parents come first: the innermost model's "" wins
+            if isinstance(name, str) and isinstance(entry, Mapping):
+                # module names lack the trailing dot: "module" is DataParallel's wrapped model
+                metadata[_strip_prefixes(name + ".")[:-1]] = dict(entry)
+        state._metadata = metadata  # type: ignore[attr-defined]
     return state
+
+
+def _strip_prefixes(key: str) -> str:
+    """``key`` without DataParallel/compile prefixes, in whatever order they were stacked."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _STRIP_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix) :], True
+    return key
+
+
+def _with_metadata_of(state: Mapping[str, Tensor], items: Any = None) -> OrderedDict[str, Tensor]:
+    """A new state dict of ``items`` (default: all of ``state``) keeping ``state``'s
+    ``_metadata``, copied, as ``load_state_dict`` needs it and a plain dict would lose it."""
+    new: OrderedDict[str, Tensor] = OrderedDict(state.items() if items is None else items)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        new._metadata = OrderedDict(  # type: ignore[attr-defined]
+            (name, dict(entry)) for name, entry in metadata.items()
+        )
+    return new
+
+
+def _settle_mnasnet_versions(module: nn.Module, state: OrderedDict[str, Tensor]) -> None:
+    """Give every torchvision MNASNet in ``module`` the layout version its weights need.
+
+    MNASNet's loading refuses a state dict without a version (torchvision's own files always
+    have one; safetensors files and dicts rebuilt by training scripts do not). Version 1 is
+    the pre-0.6 layout with a fixed 32-channel stem (only differs when alpha != 1): absent
+    a version, it is read from the stem's shape. Version 1 replaces the stem while loading,
+    after the shape check in :func:`_load_into`, so that replacement is done here first.
+    """
+    mnasnet = sys.modules.get("torchvision.models.mnasnet")
+    if mnasnet is None:  # not imported: no MNASNet can exist
+        return
+    metadata = getattr(state, "_metadata", None)
+    for name, sub in list(module.named_modules()):
+        if not isinstance(sub, mnasnet.MNASNet):
+            continue
+        if metadata is None:
+            metadata = state._metadata = OrderedDict()  # type: ignore[attr-defined]
+        entry = metadata.setdefault(name, {})
+        if "version" not in entry:
+            stem = state.get(f"{name}.layers.0.weight" if name else "layers.0.weight")
+            own = sub.layers[0].weight.shape
+            old = stem is not None and tuple(stem.shape) == (32, 3, 3, 3) != tuple(own)
+            entry["version"] = 1 if old and sub.alpha != 1.0 else 2
+        if entry["version"] == 1 and sub.alpha != 1.0 and sub._version != 1:
+            empty: OrderedDict[str, Tensor] = OrderedDict()
+            empty._metadata = OrderedDict([("", {"version": 1})])  # type: ignore[attr-defined]
+            with _quiet_mnasnet():
+                sub.load_state_dict(empty, strict=False)  # torchvision's own v1 stem, no weights
+
+
+@contextmanager
+def _quiet_mnasnet() -> Iterator[None]:
+    """Hide MNASNet's "checkpoint saved using the previous version" advice: it loads right."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="A new version of MNASNet", category=UserWarning)
+        yield
 
 
 def _load_into(
@@ -469,7 +545,14 @@ def _load_into(
     classes_hint: bool = False,
 ) -> None:
     """Strict load with a readable one-line report of missing, unexpected and mis-shaped keys."""
+    state = _with_metadata_of(state)  # a copy: filled in below
+    _settle_mnasnet_versions(module, state)
     expected = module.state_dict()
+    for key, value in expected.items():
+        # BatchNorm fills in a missing counter itself only for files without metadata
+        # (version < 2); it does not matter in eval mode, so do the same for all files.
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value
     wrong = [
         f"{k} {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
         for k, v in state.items()
@@ -478,9 +561,9 @@ def _load_into(
     problems = []
     if not wrong:
         # strict=False only to collect the key lists; any difference is still an error below.
-        # (BatchNorm fills in a missing num_batches_tracked itself, as strict=True would.)
         try:
-            result = module.load_state_dict(state, strict=False)
+            with _quiet_mnasnet():
+                result = module.load_state_dict(state, strict=False)
         except Exception as exc:
             raise ModelError(f"weights {source} do not load: {_short(exc)}") from None
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)

@@ -9,6 +9,8 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,6 +209,117 @@ def test_torchvision_model_with_weights_file(tmp_path):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(loaded.module(x), reference(x))
+
+
+# One model of every torchvision classification family, smallest variant. All 22 take about 40 s
+# on 2 cores: the six biggest (1-6 s each) run only with -m slow; mnasnet0_5 (issue 15) always.
+_SLOW_FAMILIES = {"alexnet", "vgg11", "resnext50_32x4d", "wide_resnet50_2", "vit_b_16", "maxvit_t"}
+_FAMILIES = [
+    pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_FAMILIES else name
+    for name in (
+        "alexnet vgg11 resnet18 resnext50_32x4d wide_resnet50_2 densenet121 googlenet "
+        "inception_v3 squeezenet1_1 mobilenet_v2 mobilenet_v3_small mnasnet0_5 "
+        "shufflenet_v2_x0_5 regnet_x_400mf regnet_y_400mf efficientnet_b0 efficientnet_v2_s "
+        "convnext_tiny vit_b_16 swin_t swin_v2_t maxvit_t"
+    ).split()
+]
+
+
+def _scrambled(model: nn.Module) -> nn.Module:
+    """Random values in every float tensor and BatchNorm counter, so a load that keeps the
+    fresh model's initialisation (ones, zeros, 0 counters) cannot pass for a real one."""
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.uniform_(0.5, 1.5)
+            elif key.endswith("num_batches_tracked"):
+                tensor.fill_(7)
+    return model
+
+
+def _assert_same_state(loaded: nn.Module, original: dict[str, torch.Tensor]) -> None:
+    _assert_same_state_dicts(loaded.state_dict(), original)
+
+
+def _assert_same_state_dicts(state: dict[str, torch.Tensor], original: dict[str, torch.Tensor]):
+    assert list(state) == list(original)
+    different = [k for k in state if not torch.equal(state[k], original[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.mark.parametrize("name", _FAMILIES)
+def test_every_torchvision_family_loads_its_own_state_dict(tmp_path, name):
+    import torchvision
+
+    aux = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}.get(name)
+    kwargs = {"init_weights": False} if aux else {}  # with their auxiliary heads, as trained
+    model = _scrambled(torchvision.models.get_model(name, num_classes=10, **kwargs))
+    path = tmp_path / f"{name}.pth"
+    torch.save(model.state_dict(), path)
+    loaded = load_model(name, path, num_classes=10)
+    assert loaded.categories is None and not loaded.module.training
+    original = {k: v for k, v in model.state_dict().items() if not (aux and k.startswith(aux))}
+    _assert_same_state(loaded.module, original)
+
+
+def _mnasnet(old_layout: bool) -> nn.Module:
+    """A scrambled mnasnet0_5, in torchvision's current layout or in the one before torchvision
+    0.6 (version 1 in its state dict's ``_metadata``: a 32-channel stem)."""
+    import torchvision
+
+    model = torchvision.models.mnasnet0_5(num_classes=10)
+    if old_layout:  # torchvision's own conversion, run by loading an empty version-1 dict
+        empty: OrderedDict[str, torch.Tensor] = OrderedDict()
+        empty._metadata = OrderedDict([("", {"version": 1})])  # type: ignore[attr-defined]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.load_state_dict(empty, strict=False)
+        assert model.layers[0].out_channels == 32
+        assert model.state_dict()._metadata[""]["version"] == 1  # type: ignore[attr-defined]
+    return _scrambled(model)
+
+
+@pytest.mark.parametrize("old_layout", [False, True], ids=["v2", "v1"])
+@pytest.mark.parametrize("form", ["state_dict", "wrapped", "data_parallel", "rebuilt", "st"])
+def test_mnasnet_loads_with_and_without_version_metadata(tmp_path, form, old_layout):
+    from safetensors.torch import save_file
+
+    model = _mnasnet(old_layout)
+    state = model.state_dict()
+    path = tmp_path / ("mnas.safetensors" if form == "st" else "mnas.pth")
+    if form == "state_dict":
+        torch.save(state, path)
+    elif form == "wrapped":
+        torch.save({"epoch": 2, "state_dict": state}, path)
+    elif form == "data_parallel":  # keys and metadata names under "module."
+        torch.save(nn.DataParallel(model).state_dict(), path)
+    elif form == "rebuilt":  # a plain dict, as training scripts write: no metadata
+        torch.save({f"module.{k}": v for k, v in state.items()}, path)
+    else:  # safetensors has no metadata either: the layout is read from the stem's shape
+        save_file(dict(state), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "previous version" advice for end users
+        loaded = load_model("mnasnet0_5", path, num_classes=10)
+    _assert_same_state(loaded.module, state)
+    assert loaded.module.layers[0].out_channels == (32 if old_layout else 16)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), model.eval()(x))
+
+
+def test_batchnorm_counters_may_be_missing_from_a_saved_state_dict(tmp_path):
+    import torchvision
+
+    model = _scrambled(torchvision.models.mobilenet_v3_small(num_classes=10))
+    state = model.state_dict()  # keeps its _metadata: BatchNorm version 2, counters expected
+    counters = [k for k in state if k.endswith("num_batches_tracked")]
+    for key in counters:
+        del state[key]
+    path = tmp_path / "no_counters.pt"
+    torch.save(state, path)
+    loaded = load_model("mobilenet_v3_small", path, num_classes=10).module.state_dict()
+    assert all(int(loaded.pop(k)) == 0 for k in counters)  # as BatchNorm fills in old files
+    _assert_same_state_dicts(loaded, state)
 
 
 def test_torchvision_default_weights_only_from_local_cache(tmp_path, monkeypatch):
