@@ -543,7 +543,10 @@ def presets() -> None:
 def inspect(**opt: Any) -> None:
     """Show the rule each layer of a model gets from a config.
 
-    Lists every layer with the LRP rule the config gives it, and why.
+    Lists every layer with the LRP rule the config gives it, and why: convolutions, dense
+    layers, BatchNorms, LayerNorms, LRN, and the gates, attention blocks and products with
+    their treatment. 'none reaches it' marks layers that get no relevance (a gate's branch,
+    attention's queries and keys under CP-LRP).
 
     The 'source' column names the config entry (file:line) that chose the rule, or 'default'.
     Config entries that match no layer are listed at the end: usually a typo in a pattern.
@@ -564,12 +567,14 @@ def inspect(**opt: Any) -> None:
         loaded = _load_model(opt)
         explainer, _ = build_explainer(loaded, rules)
     table = Table(title=f"{loaded.name} under {rules.name} ({rules.source})")
-    for column in ("#", "layer", "type", "rule", "source", "folded BatchNorm"):
+    for column in ("#", "layer", "type", "rule", "source", "folded BatchNorm", "relevance"):
         table.add_column(column, overflow="fold")
     for number, layer in enumerate(explainer.layer_rules, start=1):
+        reached = "" if layer.relevance else "none reaches it"
         table.add_row(
-            str(number), layer.name, layer.type, layer.rule, layer.source, layer.folded or ""
-        )
+            str(number), layer.name, layer.type, layer.rule, layer.source, layer.folded or "",
+            reached,
+        )  # fmt: skip
     console = Console()
     if not console.is_terminal:  # a file or pipe: never fold the table into narrow columns
         console = Console(width=1000)

@@ -271,6 +271,7 @@ def _build_composite(config: RuleConfig):
     for key in ("default", "batchnorm"):
         if key in data:
             kwargs[key] = RULES[data[key]["rule"]].build(_params(data[key], "rule"))
+            origins[key] = f"{config.source}:{data[LINE].of(key)}"
     for key in [*SETTINGS, *SETTING_ALIASES]:
         if key in data:
             name = SETTING_ALIASES.get(key, key)

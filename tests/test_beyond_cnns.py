@@ -378,3 +378,32 @@ def test_inspect_rows_show_gates_norms_and_attention():
     assert {"LayerNorm", "MultiheadAttention", "Linear", "Conv2d"} <= kinds
     attention = [row for row in explainer.layer_rules if row.type == "MultiheadAttention"]
     assert attention[0].rule == "cp-lrp(epsilon=0.0)" and attention[0].source.endswith(":5")
+
+
+# ------------------------------------------------------------------ through the command line
+@pytest.mark.parametrize(
+    "name, side",
+    [("convnext_tiny", 32), ("efficientnet_b0", 32), pytest.param("vit_b_16", 224,
+     marks=pytest.mark.slow), pytest.param("swin_v2_t", 64, marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_lrp0_conserves_through_the_command_line(tmp_path, name, side):
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from lrp_cli.cli import main
+
+    torch.manual_seed(0)
+    model = zero_shifts(torchvision.models.get_model(name, num_classes=10)).eval()
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((3, side, side)))
+    args = ["explain", tmp_path / "x.npy", "-m", name, "-w", tmp_path / "weights.pt", "-c",
+            "zero", "--precision", "float64", "--input-size", side, "--num-classes", 10,
+            "-o", tmp_path / "out",
+            "--jsonl", "-", "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert abs(record["logit"]) > 1e-6
+    assert record["relevance_sum"] == pytest.approx(record["logit"], rel=1e-6)

@@ -181,15 +181,13 @@ class Composite:
                     chosen = entry
                     break
             if chosen is None:
-                if layer.kind == "lrn":
-                    rule = self.lrn
-                elif layer.kind == "layernorm":
-                    rule = self.layernorm
+                if layer.kind in ("lrn", "layernorm"):
+                    setting = layer.kind
                 elif "_BatchNorm" in layer.type_names:
-                    rule = self.batchnorm
+                    setting = "batchnorm"
                 else:
-                    rule = self.default
-                result.append((layer, rule, "default"))
+                    setting = "default"
+                result.append((layer, getattr(self, setting), self.origin(setting)))
             else:
                 if isinstance(chosen.rule, PassRule) and layer.position is not None:
                     raise CompositeError(

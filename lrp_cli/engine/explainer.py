@@ -20,6 +20,7 @@ from torch import Tensor, fx, nn
 from .composite import Composite, LayerInfo
 from .graph import Plan, Step, UnsupportedModelError, build_plan
 from .linear import LinearOp, ieee_float32
+from .nodes.base import enclosing_module
 from .nodes.movement import maxpool2d_params
 
 
@@ -226,9 +227,10 @@ class Explainer:
                 if rule is None:
                     continue
                 source = self.composite.origin(step.handler.composite_field or step.kind)
+            owner = enclosing_module(step.node) if step.module_name is None else None
             rows.append(
                 LayerRule(
-                    step.name,
+                    f"{owner[0]}:{step.node.name}" if owner else step.name,
                     step.type_names[0] if step.handler.rule_slot or step.module else step.kind,
                     step.position,
                     rule,
