@@ -132,6 +132,31 @@ def named_function(target, module: str, name: str) -> bool:
     )
 
 
+def method_name(node: fx.Node) -> str:
+    """A method node's name, in-place methods (``relu_``) as their out-of-place twin."""
+    name = node.target
+    if name.endswith("_") and not name.startswith("__"):
+        name = name[:-1]
+    return name
+
+
+def call_step(node: fx.Node, ctx: Context, kind: str, modules=(), functions=(), methods=(),
+              **fields) -> Step | None:  # fmt: skip
+    """A Step of ``kind`` if ``node`` calls one of ``modules`` (exact types), ``functions``
+    or ``methods``, else None; ``fields`` go to the Step (e.g. ``nonnegative``)."""
+    from ..graph import Step
+
+    if node.op == "call_module":
+        module = ctx.modules[node.target]
+        if modules and exact_type(module, modules):
+            return Step(node, kind, module=module, module_name=str(node.target), **fields)
+    elif node.op == "call_function" and node.target in functions:
+        return Step(node, kind, function=node.target, **fields)
+    elif node.op == "call_method" and method_name(node) in methods:
+        return Step(node, kind, function=method_name(node), **fields)
+    return None
+
+
 def exact_type(module: nn.Module, types: tuple) -> bool:
     """True for instances of ``types`` that do not override ``forward`` (a subclass might)."""
     return any(isinstance(module, t) and type(module).forward is t.forward for t in types)

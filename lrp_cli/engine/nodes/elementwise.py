@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import NodeHandler, exact_type, named_function, reduce_to, refuse, register
+from .base import (
+    NodeHandler,
+    exact_type,
+    method_name,
+    named_function,
+    reduce_to,
+    refuse,
+    register,
+)
 
 ACTIVATION_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Tanh, nn.Hardswish,
@@ -33,14 +41,6 @@ ACTIVATION_METHODS = {"relu", "sigmoid", "tanh"}
 NONNEGATIVE_METHODS = {"relu", "sigmoid"}
 SCALE_FUNCTIONS = {operator.mul, torch.mul, operator.truediv, torch.div, operator.neg, torch.neg}
 SCALE_METHODS = {"mul", "div", "neg", "__mul__", "__truediv__", "__rmul__"}
-
-
-def method_name(node) -> str:
-    """A method node's name, in-place methods (``relu_``) as their out-of-place twin."""
-    name = node.target
-    if name.endswith("_") and not name.startswith("__"):
-        name = name[:-1]
-    return name
 
 
 @register

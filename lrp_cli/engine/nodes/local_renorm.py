@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..lrn import lrn_relevance
-from .base import NodeHandler, exact_type, register
+from .base import NodeHandler, call_step, register
 
 
 @register
@@ -17,19 +17,10 @@ class LRNHandler(NodeHandler):
     rule_slot = "lrn"
 
     def recognise(self, node, ctx):
-        from ..graph import Step
-
-        nonneg = ctx.nonnegative(node)
-        if node.op == "call_module" and exact_type(
-            ctx.modules[node.target], (nn.LocalResponseNorm,)
-        ):
-            module = ctx.modules[node.target]
-            return Step(
-                node, self.kind, module=module, module_name=str(node.target), nonnegative=nonneg
-            )
-        if node.op == "call_function" and node.target is F.local_response_norm:
-            return Step(node, self.kind, function=node.target, nonnegative=nonneg)
-        return None
+        modules, functions = (nn.LocalResponseNorm,), {F.local_response_norm}
+        return call_step(
+            node, ctx, self.kind, modules, functions, nonnegative=ctx.nonnegative(node)
+        )
 
     def keeps(self, step, explainer):
         return explainer.graph_inputs(step.node)

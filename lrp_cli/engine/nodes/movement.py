@@ -12,13 +12,12 @@ from torch import fx, nn
 from .base import (
     NodeHandler,
     UnsupportedModelError,
-    exact_type,
+    call_step,
     named_function,
     register,
     vector_jacobian,
     vjp,
 )
-from .elementwise import method_name
 
 MOVE_MODULES = (nn.Flatten, nn.Unflatten, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
                 nn.ChannelShuffle)  # fmt: skip
@@ -51,22 +50,19 @@ class MoveHandler(NodeHandler):
     def recognise(self, node, ctx):
         from ..graph import Step
 
-        make = dict(nonnegative=ctx.nonnegative(node))
-        if node.op == "call_module":
-            module = ctx.modules[node.target]
-            if exact_type(module, MOVE_MODULES):
-                return Step(node, self.kind, module=module, module_name=str(node.target), **make)
-        elif node.op == "call_function":
-            if node.target is operator.getitem:
-                if isinstance(node.args[0], fx.Node) and node.args[0].op != "get_attr":
-                    return Step(node, self.kind, function=node.target, **make)
-            elif node.target in MOVE_FUNCTIONS or any(
-                named_function(node.target, *where) for where in WRAPPED_MOVES
+        nonneg = ctx.nonnegative(node)
+        if node.op == "call_function" and (
+            node.target is operator.getitem
+            or any(named_function(node.target, *where) for where in WRAPPED_MOVES)
+        ):
+            if node.target is operator.getitem and (
+                not isinstance(node.args[0], fx.Node) or node.args[0].op == "get_attr"
             ):
-                return Step(node, self.kind, function=node.target, **make)
-        elif node.op == "call_method" and method_name(node) in MOVE_METHODS:
-            return Step(node, self.kind, function=method_name(node), **make)
-        return None
+                return None
+            return Step(node, self.kind, function=node.target, nonnegative=nonneg)
+        return call_step(
+            node, ctx, self.kind, MOVE_MODULES, MOVE_FUNCTIONS, MOVE_METHODS, nonnegative=nonneg
+        )
 
     def keeps(self, step, explainer):
         return explainer.graph_inputs(step.node)
@@ -93,16 +89,14 @@ class MaxPoolHandler(NodeHandler):
     composite_field = "maxpool"
 
     def recognise(self, node, ctx):
-        from ..graph import Step
-
-        make = dict(nonnegative=ctx.nonnegative(node))
-        if node.op == "call_module":
-            module = ctx.modules[node.target]
-            if exact_type(module, MAXPOOL_MODULES):
-                return Step(node, self.kind, module=module, module_name=str(node.target), **make)
-        elif node.op == "call_function" and node.target in MAXPOOL_FUNCTIONS:
-            return Step(node, self.kind, function=node.target, **make)
-        return None
+        return call_step(
+            node,
+            ctx,
+            self.kind,
+            MAXPOOL_MODULES,
+            MAXPOOL_FUNCTIONS,
+            nonnegative=ctx.nonnegative(node),
+        )
 
     def keeps(self, step, explainer):
         return () if id(step) in explainer.pools else explainer.graph_inputs(step.node)

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import NodeHandler, exact_type, register, vjp
-from .elementwise import method_name
+from .base import NodeHandler, call_step, method_name, register, vjp
 
 AVGPOOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)  # fmt: skip
@@ -33,13 +32,10 @@ class ProportionalHandler(NodeHandler):
         from .layers import out_of_place
 
         nonneg = ctx.nonnegative(node)
-        if node.op == "call_module":
-            module = ctx.modules[node.target]
-            if exact_type(module, AVGPOOL_MODULES):
-                return Step(
-                    node, self.kind, module=module, module_name=str(node.target), nonnegative=nonneg
-                )
-        elif node.op == "call_function":
+        step = call_step(node, ctx, self.kind, AVGPOOL_MODULES, nonnegative=nonneg)
+        if step is not None:
+            return step
+        if node.op == "call_function":
             if node.target in AVGPOOL_FUNCTIONS or node.target in SUM_FUNCTIONS:
                 target = out_of_place(node.target)
                 nonneg = nonneg and target not in _SUBTRACT
