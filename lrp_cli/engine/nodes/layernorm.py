@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..terms import divide
-from .base import NodeHandler, enclosing_module, exact_type, register
+from .base import NodeHandler, enclosing_module, exact_type, refuse, register
 
 
 @register
@@ -27,6 +27,8 @@ class LayerNormHandler(NodeHandler):
             module = ctx.modules[node.target]
             return Step(node, self.kind, module=module, module_name=str(node.target))
         if node.op == "call_function" and node.target is F.layer_norm:
+            if len(ctx.data_args(node)) != 1:
+                refuse(node, "a LayerNorm whose weight or bias depends on the input")
             owner = enclosing_module(node)
             return Step(
                 node, self.kind, function=node.target, module_name=owner[0] if owner else None
