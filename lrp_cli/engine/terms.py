@@ -119,9 +119,10 @@ def divide(r: Tensor, z: Tensor, epsilon: float | None, scratch: bool = False) -
     """
     if epsilon is None:
         return torch.div(r, z, out=z) if scratch else r / z
-    if epsilon == 0:
+    if epsilon == 0:  # r / z wherever z != 0, then 0 where z == 0: no torch.where passes
         zero = z == 0
-        return torch.where(zero, 0.0, r / torch.where(zero, 1.0, z))
+        out = torch.div(r, z, out=z) if scratch else r / z
+        return out.masked_fill_(zero, 0.0)
     if not scratch:
         return r / stabilize(z, epsilon)
     z.add_(_shift(z, epsilon))
