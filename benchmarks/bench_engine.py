@@ -1,4 +1,4 @@
-"""Engine benchmark: our LRP engine against a plain input gradient and zennit (issue 6).
+"""Engine benchmark: our LRP engine against a plain input gradient, zennit and LXT (issues 6, 15).
 
 Methods, per model and preset:
 
@@ -6,7 +6,30 @@ Methods, per model and preset:
   require grad; the gradient of the top-1 logit with respect to the input);
 - ``ours``: ``lrp_cli.engine.Explainer`` with the preset's composite (top-1 target);
 - ``zennit``: zennit's composite of the same name with the model's canonizer, through
-  ``zennit.attribution.Gradient`` (when zennit is installed and has such a composite).
+  ``zennit.attribution.Gradient`` (when zennit is installed and has such a composite; the
+  transformer presets have none: zennit 0.5.1 has no LayerNorm or attention rules, and those
+  rows say "n/a");
+- ``lxt`` (ViTs only, when LXT is installed): LXT 2.1's CP-LRP, the oracle of
+  ``tests/lxt_reference.py``: forward and backward of the top-1 logit, gradient x input, with
+  ``torch.nn.{GELU,LayerNorm,MultiheadAttention}`` patched by LXT. That patch is process-wide
+  (on the classes), so it is applied around each lxt call only, outside the timed span, and
+  removed before the next method runs; it is comparable to ours with ``zero`` (LRP-0, CP-LRP),
+  which the tests check equals LXT.
+
+Models and presets: the CNNs (VGG-16, ResNet-50, EfficientNet-Lite0, EfficientNet-B0) get the
+CNN presets (``PRESETS``), the transformers (``vit_*``, ``swin_*``, ``maxvit_*``,
+``convnext_*``) ``zero``, ``epsilon``, ``vit-gamma`` and ``attnlrp``; ``--presets`` sets one
+list for every model. Targets: issue 6's for the CNN presets (time 1.5x / 2.0x, memory 1.3x),
+issue 15's for the models it added (time 1.3x for LRP-0 / epsilon with CP-LRP on ViT and
+ConvNeXt, 2.0x for gamma, none for AttnLRP; memory 1.5x, EfficientNet-B0's CNN presets keep
+issue 6's time targets).
+
+Random weights: where torchvision's initialisation makes every logit (nearly) zero, the
+model is made usable first (:func:`_usable_random_weights`, recorded in the JSON as
+``model_init``): ViT's classification head is zero-initialised (all logits 0, so every
+relevance is 0) and gets N(0, 0.02) weights; EfficientNet-B0's activations shrink about 50x per
+stage with BatchNorm at its initial identity statistics (logits ~1e-14, below every epsilon),
+so BatchNorm statistics are estimated from random batches first.
 
 Time: one fresh process per model calls every method in turn, round after round (the order
 rotates), so the ratios are measured side by side; the median over ``--runs`` rounds after
@@ -21,7 +44,8 @@ setup (model and input already created). The kernel's high-water mark ``VmHWM`` 
 ``/proc/self/clear_refs`` first; where that is not possible, ``ru_maxrss`` is used. On CUDA,
 ``torch.cuda.max_memory_allocated`` minus the allocation before setup.
 
-    python benchmarks/bench_engine.py --threads 2      # full run (2 CPUs: 13-26 minutes)
+    python benchmarks/bench_engine.py --threads 2      # full run (2 CPUs: 30-60 minutes)
+    python benchmarks/bench_engine.py --threads 2 --models vit_b_16,convnext_tiny,efficientnet_b0
     python benchmarks/bench_engine.py --quick          # about a minute
     python benchmarks/bench_engine.py --models vgg16 --presets epsilon-gamma-box --runs 5
 """
@@ -29,6 +53,7 @@ setup (model and input already created). The kernel's high-water mark ``VmHWM`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import gc
 import json
@@ -41,8 +66,17 @@ import sys
 import time
 from pathlib import Path
 
-MODELS = ("vgg16", "resnet50", "efficientnet_lite0")
+MODELS = (
+    "vgg16",
+    "resnet50",
+    "efficientnet_lite0",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_16",
+)
 PRESETS = ("epsilon-plus-flat", "epsilon-plus", "epsilon-gamma-box", "epsilon-alpha2-beta1-flat")
+TRANSFORMER_PRESETS = ("zero", "epsilon", "vit-gamma", "attnlrp")
+TRANSFORMERS = ("vit_", "swin_", "maxvit_", "convnext_")  # name prefixes: LayerNorm models
 QUICK_PRESETS = ("epsilon-plus-flat", "epsilon-gamma-box")
 ZENNIT_COMPOSITES = {
     "epsilon-plus-flat": "EpsilonPlusFlat",
@@ -59,6 +93,16 @@ TARGETS = {  # issue 6: time ratio to the plain gradient per preset; memory rati
     "epsilon-alpha2-beta1": 2.0,
 }
 MEMORY_TARGET = 1.3
+# issue 15 (transformers, gates): time for LRP-0 / epsilon with CP-LRP <= 1.3x, gamma <= 2.0x
+# on ViT and ConvNeXt (AttnLRP: none given); memory <= 1.5x on the models it added
+TRANSFORMER_TARGETS = {"zero": 1.3, "epsilon": 1.3, "vit-gamma": 2.0}
+ISSUE15_MODELS = ("vit_b_16", "convnext_tiny", "efficientnet_b0")
+ISSUE15_MEMORY_TARGET = 1.5
+ZENNIT_NONE = "n/a: zennit has no composite for this preset (no LayerNorm rule{})"
+ZENNIT_NO_ATTENTION = (
+    ", no attention rule; its CNN composites give MultiheadAttention, an Activation to zennit, "
+    "the Pass rule, whose hook fails on its tuple output"
+)
 BUILTIN = "efficientnet_lite0"
 MIB = 1024 * 1024
 
@@ -201,9 +245,100 @@ def _build_model(name: str):
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    if name != BUILTIN:
+        model.benchmark_init = _usable_random_weights(model, mean, std)
     low = tuple((0.0 - m) / s for m, s in zip(mean, std, strict=True))
     high = tuple((1.0 - m) / s for m, s in zip(mean, std, strict=True))
     return model, (low, high), mean, std
+
+
+def _random_pixels(batch: int, size: int, mean, std, seed: int):
+    """A seeded batch of normalised pixels, uniform in [0, 1] before normalisation."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(batch, 3, size, size, generator=generator)
+    return (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def _usable_random_weights(model, mean, std, size: int = 224) -> list[str]:
+    """Make torchvision's random initialisation give non-vanishing logits; what was done.
+
+    - a zero-initialised classification head (ViT's) gets N(0, 0.02) weights (seeded): with
+      it every logit and every relevance is exactly 0;
+    - if the model has BatchNorm and its logits on a random image are all below 1e-6
+      (EfficientNet-B0: 1e-14, its activations shrink about 50x per stage with BatchNorm's
+      initial identity statistics), the BatchNorm statistics are estimated from 4 seeded
+      random batches of 8 (cumulative averages, only the BatchNorms in training mode).
+    Models with usable logits (VGG-16, ResNet-50, ConvNeXt) are left as they are.
+    """
+    import torch
+    from torch import nn
+
+    notes = []
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears and not linears[-1].weight.any():
+        generator = torch.Generator().manual_seed(2)
+        head = linears[-1].weight
+        head.copy_(torch.randn(head.shape, generator=generator) * 0.02)
+        notes.append("zero-initialised classification head: N(0, 0.02) weights (seeded)")
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return notes
+    with torch.no_grad():  # one image: a small transient before any measurement's baseline
+        peak = float(model(_random_pixels(1, size, mean, std, seed=3)).abs().max())
+    if peak < 1e-6:
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average over the batches
+            norm.train()
+        with torch.no_grad():
+            for seed in range(4):
+                model(_random_pixels(8, size, mean, std, seed=10 + seed))
+        model.eval()
+        for norm in norms:
+            norm.momentum = 0.1
+        with torch.no_grad():
+            after = float(model(_random_pixels(1, size, mean, std, seed=3)).abs().max())
+        notes.append(
+            f"logits vanished (max |logit| {peak:.1e}): BatchNorm statistics estimated from 4 "
+            f"seeded random batches of 8 (max |logit| then {after:.2g})"
+        )
+    return notes
+
+
+def default_presets(model_name: str) -> tuple[str, ...]:
+    """The presets measured for a model when ``--presets`` is not given."""
+    return TRANSFORMER_PRESETS if model_name.startswith(TRANSFORMERS) else PRESETS
+
+
+def targets_for(model_name: str, preset: str | None) -> tuple[float | None, float]:
+    """(time target or None, memory target) of ours with ``preset`` on ``model_name``."""
+    memory = ISSUE15_MEMORY_TARGET if model_name in ISSUE15_MODELS else MEMORY_TARGET
+    if preset in TRANSFORMER_TARGETS:
+        return TRANSFORMER_TARGETS[preset], memory
+    return TARGETS.get(preset), memory
+
+
+def _load_lxt_reference():
+    """``tests/lxt_reference.py`` (LXT's CP-LRP for torchvision's ViT), imported by path."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "tests" / "lxt_reference.py"
+    spec = importlib.util.spec_from_file_location("lxt_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lxt_available(model_name: str) -> bool:
+    if not model_name.startswith("vit_"):
+        return False
+    try:
+        import lxt  # noqa: F401
+    except ImportError:
+        return False
+    return (Path(__file__).resolve().parent.parent / "tests" / "lxt_reference.py").is_file()
 
 
 def _zennit_canonizers(model_name: str) -> list:
@@ -243,16 +378,15 @@ def _setup(case: dict):
         torch.backends.cuda.matmul.fp32_precision = "ieee"
     model, bounds, mean, std = _build_model(case["model"])
     model.to(device)
-    generator = torch.Generator().manual_seed(1)
-    size = case["image_size"]
-    pixels = torch.rand(case["batch_size"], 3, size, size, generator=generator)
-    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    x = ((pixels - mean_t) / std_t).to(device)
+    x = _random_pixels(case["batch_size"], case["image_size"], mean, std, seed=1).to(device)
     return model, bounds, x, device
 
 
 def make_call(method: str, preset: str | None, model, model_name: str, x, bounds, device):
-    """``(call, close)``: ``call()`` computes one attribution of ``x``; ``close()`` cleans up."""
+    """``(call, close)``: ``call()`` computes one attribution of ``x``; ``close()`` cleans up.
+
+    A call may carry ``call.scope``, a context manager factory that the timing loop enters
+    around the call, outside the timed span (LXT's process-wide patch)."""
     import torch
 
     if method == "gradient":
@@ -289,7 +423,28 @@ def make_call(method: str, preset: str | None, model, model_name: str, x, bounds
             return out * torch.nn.functional.one_hot(out.argmax(1), out.shape[1]).to(out.dtype)
 
         return (lambda: attributor(x, select)[1]), lambda: context.__exit__(None, None, None)
+    if method == "lxt":  # LXT's CP-LRP: gradient x input of the patched model
+        reference = _load_lxt_reference()
+        if not isinstance(model, reference.torchvision.models.VisionTransformer):
+            raise TypeError(f"LXT's recipe is for torchvision's ViT, not {model_name}")
+        with reference.lxt_cp_lrp_patched():  # fails here, untimed, if LXT cannot patch
+            pass
+
+        def call():
+            leaf = x.detach().requires_grad_()
+            out = model(leaf)
+            onehot = torch.nn.functional.one_hot(out.argmax(1), out.shape[1]).to(out.dtype)
+            (grad,) = torch.autograd.grad(out, leaf, onehot)
+            return x * grad
+
+        call.scope = reference.lxt_cp_lrp_patched
+        return call, lambda: None
     raise ValueError(f"unknown method {method!r}")
+
+
+def _scope(call):
+    """The context a call runs in (LXT's patch for lxt calls, nothing for the others)."""
+    return getattr(call, "scope", contextlib.nullcontext)()
 
 
 class _Clock:
@@ -352,7 +507,8 @@ def time_worker(case: dict) -> dict:
                 for attempt in range(retries + 1):
                     wait_for_quiet(case.get("quiet_wait", 0.0))
                     try:
-                        measured, result = clock(calls[key])
+                        with _scope(calls[key]):
+                            measured, result = clock(calls[key])
                     except Exception as error:
                         errors[key] = f"{type(error).__name__}: {error}"
                         break
@@ -370,6 +526,7 @@ def time_worker(case: dict) -> dict:
     return {
         "threads_used": torch.get_num_threads(),
         "lrp_cli_path": _lrp_cli_path(),
+        "model_init": getattr(model, "benchmark_init", None),
         "records": [
             {"method": m, "preset": p, "error": errors[(m, p)]}
             if (m, p) in errors
@@ -394,10 +551,11 @@ def memory_worker(case: dict) -> dict:
     try:
         for _ in range(case["warmup"] + case["memory_runs"]):
             result = None  # free the previous result before the next call
-            measured, result = clock(call)
+            with _scope(call):
+                measured, result = clock(call)
             times.append(measured)
-        finite = bool(torch.isfinite(result).all())
-        nonzero = bool((result != 0).any())
+        finite = None if result is None else bool(torch.isfinite(result).all())
+        nonzero = None if result is None else bool((result != 0).any())
         stats = memory.stop()
     finally:
         close()
@@ -453,6 +611,12 @@ def machine_info(device: str, threads: int | None) -> dict:
         info["zennit"] = version("zennit")
     except ImportError:
         info["zennit"] = None
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        info["lxt"] = version("lxt")
+    except PackageNotFoundError:
+        info["lxt"] = None
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
@@ -479,13 +643,18 @@ def machine_info(device: str, threads: int | None) -> dict:
 
 
 def engine_fingerprint(package: Path | None = None) -> str:
-    """SHA-1 (12 digits) of the engine's sources: which engine version was measured."""
+    """SHA-1 (12 digits) of the engine's sources: which engine version was measured.
+
+    Every ``.py`` under ``lrp_cli/engine/``, the handlers in ``engine/nodes/`` included (until
+    2026-12-01 only the top level was hashed: results before that are not comparable by hash).
+    """
     import hashlib
 
     package = package or Path(__file__).resolve().parent.parent / "lrp_cli"
+    engine = package / "engine"
     digest = hashlib.sha1()
-    for path in sorted((package / "engine").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(engine.rglob("*.py")):
+        digest.update(path.relative_to(engine).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -555,6 +724,7 @@ def summarise_times(case: dict, timing: dict) -> list[dict]:
             images_per_s=case["batch_size"] / median,
             threads_used=timing.get("threads_used"),
             lrp_cli_path=timing.get("lrp_cli_path"),
+            model_init=timing.get("model_init"),
         )
         results.append(entry)
     return results
@@ -582,15 +752,19 @@ def print_table(results: list[dict], file=sys.stdout) -> None:
         if "error" in r:
             print(f"{r['model']:<19}{r['method']:<12}{preset:<26}  ERROR: {r['error']}", file=file)
             continue
+        if "n/a" in r:
+            why = r["n/a"].split(" (")[0]  # the reason in full is in the JSON
+            print(f"{r['model']:<19}{r['method']:<12}{preset:<26}  {why}", file=file)
+            continue
         verdict = ""
         if r["method"] == "ours" and r.get("time_ratio") is not None:
-            limit = TARGETS.get(r["preset"])
+            limit, memory_limit = targets_for(r["model"], r["preset"])
             verdict = "time " + ("-" if limit is None else _verdict(r["time_ratio"], limit))
-            verdict += f" (<={limit}x), mem "
+            verdict += f" (<={limit}x), mem " if limit is not None else ", mem "
             verdict += (
-                "-" if r.get("memory_ratio") is None else _verdict(r["memory_ratio"], MEMORY_TARGET)
+                "-" if r.get("memory_ratio") is None else _verdict(r["memory_ratio"], memory_limit)
             )
-            verdict += f" (<={MEMORY_TARGET}x)"
+            verdict += f" (<={memory_limit}x)"
         busy = max((v for v in r.get("others_busy", []) if v is not None), default=None)
         print(
             f"{r['model']:<19}{r['method']:<12}{preset:<26}{r['median_s']:>9.3f}"
@@ -639,7 +813,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", default=None, help=f"comma-separated (default: {','.join(MODELS)})")
     p.add_argument(
-        "--presets", default=None, help=f"comma-separated (default: {','.join(PRESETS)})"
+        "--presets",
+        default=None,
+        help=f"comma-separated, for every model (default: {','.join(PRESETS)}; for\n"
+        f"{', '.join(p + '*' for p in TRANSFORMERS)}: {','.join(TRANSFORMER_PRESETS)})",
     )
     p.add_argument("--batch-size", type=int, default=None, help="default 8 (2 with --quick)")
     p.add_argument("--image-size", type=int, default=224)
@@ -653,6 +830,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"{BUILTIN}, batch 2, 1 run, presets {' and '.join(QUICK_PRESETS)}",
     )
     p.add_argument("--no-zennit", action="store_true", help="skip zennit even if installed")
+    p.add_argument("--no-lxt", action="store_true", help="skip LXT on ViTs even if installed")
     p.add_argument(
         "--memory-runs",
         type=int,
@@ -701,8 +879,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.models = args.models.split(",") if args.models else [BUILTIN] if quick else list(MODELS)
     if args.presets:
         args.presets = args.presets.split(",")
-    else:
-        args.presets = list(QUICK_PRESETS if quick else PRESETS)
+    else:  # None: each model's default_presets
+        args.presets = list(QUICK_PRESETS) if quick else None
     args.batch_size = args.batch_size or (2 if quick else 8)
     args.runs = args.runs or (1 if quick else 3)
     args.warmup = args.warmup if args.warmup is not None else 1
@@ -751,9 +929,10 @@ def main(argv=None) -> int:
     }
     summary = (
         f"# {info['cpu']}, {info['cpu_count']} CPUs, {info['threads']} threads, torch "
-        f"{info['torch']}, zennit {info.get('zennit')}, device {args.device}, batch "
-        f"{args.batch_size}, {args.image_size}px, median of {args.runs} rounds after "
-        f"{args.warmup} warm-up" + (", tensor-level memory" if args.tensor_memory else "")
+        f"{info['torch']}, zennit {info.get('zennit')}, lxt {info.get('lxt')}, device "
+        f"{args.device}, batch {args.batch_size}, {args.image_size}px, median of {args.runs} "
+        f"rounds after {args.warmup} warm-up"
+        + (", tensor-level memory" if args.tensor_memory else "")
     )
     print(summary, file=sys.stderr, flush=True)
     snapshot = None
@@ -769,10 +948,20 @@ def main(argv=None) -> int:
             methods = [("gradient", None)]
             if args.gradient_cl:
                 methods.append(("gradient-cl", None))
-            for preset in args.presets:
+            not_applicable = []
+            for preset in args.presets or default_presets(model):
                 methods.append(("ours", preset))
                 if zennit and preset in ZENNIT_COMPOSITES:
                     methods.append(("zennit", preset))
+                elif zennit:
+                    why = ZENNIT_NONE.format(
+                        ZENNIT_NO_ATTENTION if model.startswith("vit_") else ""
+                    )
+                    not_applicable.append(
+                        {"model": model, "method": "zennit", "preset": preset, "n/a": why}
+                    )
+            if not args.no_lxt and _lxt_available(model):
+                methods.append(("lxt", None))
             case = {**base, "kind": "time", "model": model, "methods": methods}
             _progress(started, f"{model}: timing {len(methods)} methods round-robin")
             timing = _subprocess_case(case, args.timeout, snapshot)
@@ -807,6 +996,7 @@ def main(argv=None) -> int:
                     entry.update(memory)
                     _progress(started, f"{name}: peak +{memory['peak_mib']:.0f} MiB")
             results.extend(entries)
+            results.extend({**base, **entry} for entry in not_applicable)
     finally:
         if snapshot is not None:
             import shutil
@@ -821,7 +1011,13 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "machine": info,
-            "targets": {"time": TARGETS, "memory": MEMORY_TARGET},
+            "targets": {
+                "time": TARGETS,
+                "memory": MEMORY_TARGET,
+                "issue15_models": list(ISSUE15_MODELS),
+                "issue15_time": TRANSFORMER_TARGETS,
+                "issue15_memory": ISSUE15_MEMORY_TARGET,
+            },
             "results": results,
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
