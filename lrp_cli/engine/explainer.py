@@ -248,8 +248,8 @@ class Explainer:
         Values that are cheap to recompute from ones kept anyway are recomputed in the
         relevance pass instead (the second value returned): the output of a layer on the
         model's input (three channels for images), and an activation whose input is kept
-        (``relu(z)`` after a gamma layer or a residual sum): one cheap pass instead of a
-        second copy of a large tensor."""
+        (``relu(z)`` after a gamma layer or a residual sum, ``gelu(z)`` after an epsilon
+        layer): one cheap pass instead of a second copy of a large tensor."""
         keep = {self._logits_node}
         for step in self.plan.steps:
             if step.kind == "constant" or step.node in self.live:
@@ -260,9 +260,9 @@ class Explainer:
                 if self.graph_inputs(step.node) == [self._input_node]:
                     keep.discard(step.node)
                     recompute[step.node] = step
-        for step in self.plan.steps:  # deterministic activations (ReLU, sigmoid...) only
+        for step in self.plan.steps:  # activations, dropout and identity in eval mode
             inputs = self.graph_inputs(step.node)
-            if step.kind == "pass" and step.nonnegative and step.node in keep and len(inputs) == 1:
+            if step.kind == "pass" and step.node in keep and len(inputs) == 1:
                 if inputs[0] in keep and inputs[0] not in recompute:
                     keep.discard(step.node)
                     recompute[step.node] = step
