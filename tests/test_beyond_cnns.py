@@ -315,7 +315,18 @@ class _Cumulative(nn.Module):
         return self.fc(torch.cumsum(x, 1))
 
 
+class _AlwaysDropping(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.dropout(x, 0.5))  # training=True by default
+
+
 def test_refusals_name_the_node():
+    with pytest.raises(UnsupportedModelError, match="node 'dropout'.*training mode"):
+        Explainer(_AlwaysDropping().eval())
     with pytest.raises(UnsupportedModelError, match="module 'features.*Dropout|training mode"):
         Explainer(torchvision.models.vgg11(num_classes=3).train())
     with pytest.raises(UnsupportedModelError, match="node 'cumsum'.*no LRP rule for this function"):

@@ -3,6 +3,7 @@ stochastic depth in eval mode, and products with a constant (layer scale, ``x / 
 
 from __future__ import annotations
 
+import inspect
 import operator
 
 import torch
@@ -65,6 +66,10 @@ class PassHandler(NodeHandler):
                 nonneg = target in NONNEGATIVE_FUNCTIONS
                 return Step(node, self.kind, nonnegative=nonneg, function=target)
             if target in IDENTITY_FUNCTIONS:
+                bound = inspect.signature(target).bind(*node.args, **node.kwargs)
+                bound.apply_defaults()
+                if bound.arguments.get("training") is not False:
+                    refuse(node, "dropout in training mode drops units at random")
                 return Step(node, self.kind, nonnegative=ctx.nonnegative(node), function=target)
             if named_function(target, "torchvision.ops.stochastic_depth", "stochastic_depth"):
                 training = node.kwargs.get("training", node.args[3] if len(node.args) > 3 else True)
