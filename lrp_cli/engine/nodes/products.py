@@ -46,9 +46,10 @@ def _sigmoid_like(step) -> bool:
     return step.function in SIGMOID_LIKE_FUNCTIONS or step.function == "sigmoid"
 
 
-def _through_moves(node, ctx):
-    """The node that ``node`` reshapes (``g[:, :, None, None]``, ``g.view(n, c, 1, 1)``)."""
-    while ctx.steps[node].kind == "move" and len(ctx.data_inputs(node)) == 1:
+def _origin(node, ctx, kinds):
+    """The node ``node`` passes on unchanged through steps of ``kinds`` with one data input
+    (``g[:, :, None, None]``, ``g.view(n, c, 1, 1)``, dropout on attention weights)."""
+    while ctx.steps[node].kind in kinds and len(ctx.data_inputs(node)) == 1:
         node = ctx.data_inputs(node)[0]
     return node
 
@@ -73,20 +74,6 @@ def _gated_by(gate, signal, ctx) -> bool:
     return pooled and signal in {i for n in seen for i in n.all_input_nodes}
 
 
-def _attention_weights(node, steps):
-    """The softmax node ``node`` is (through reshapes and dropout), or None."""
-    while True:
-        step = steps[node]
-        if step.kind == "softmax":
-            return node
-        if step.kind not in _THROUGH or len(node.all_input_nodes) < 1:
-            return None
-        inputs = [n for n in node.all_input_nodes if steps[n].kind != "constant"]
-        if len(inputs) != 1:
-            return None
-        node = inputs[0]
-
-
 @register
 class GateHandler(NodeHandler):
     kind = "gate"
@@ -100,10 +87,12 @@ class GateHandler(NodeHandler):
         if len(data) != 2 or data[0] is data[1]:
             return None
         for gate, signal in (data, data[::-1]):
-            if _sigmoid_like(ctx.steps[_through_moves(gate, ctx)]) and _gated_by(gate, signal, ctx):
+            if _sigmoid_like(ctx.steps[_origin(gate, ctx, ("move",))]) and _gated_by(
+                gate, signal, ctx
+            ):
                 nonneg = ctx.steps[signal].nonnegative
                 step = Step(node, self.kind, function=_target(node), nonnegative=nonneg)
-                step.extra = {"signal": signal, "gate": gate}
+                step.extra = {"signal": signal}
                 return step
         return None
 
@@ -189,7 +178,7 @@ class ProductHandler(NodeHandler):
         if len(set(data)) > 2 or (target is torch.einsum and len(data) != 2):
             refuse(node, "a product of more than two data-dependent tensors is not supported")
         step = Step(node, self.kind, function=target)
-        weights = [n for n in data if _attention_weights(n, ctx.steps) is not None]
+        weights = [n for n in data if ctx.steps[_origin(n, ctx, _THROUGH)].kind == "softmax"]
         step.extra = {
             "matmul": target in _MATMUL,
             "weights": weights[0] if len(weights) == 1 and data[0] is not data[1] else None,
