@@ -54,16 +54,13 @@ class AttentionHandler(NodeHandler):
         return explainer.ops[id(step)](*args, **kwargs)
 
     def describe(self, step, explainer):
-        setting = explainer.composite.attention
-        name = "cp-lrp" if setting.mode == "cp" else "attnlrp"
-        return f"{name}(epsilon={setting.epsilon})"
+        return step.rule.describe()
 
     def propagate(self, step, env, r, explainer):
         setting = explainer.composite.attention
         rules = BlockRules(setting.mode, setting.epsilon)
         out = env[step.node]
-        tupled = isinstance(r, dict)
-        if tupled:  # MultiheadAttention returns (output, weights)
+        if isinstance(r, dict):  # MultiheadAttention returns (output, weights)
             if set(r) != {0}:
                 raise AssertionError("relevance reached the attention weights")  # pragma: no cover
             r, out = r[0], out[0]
