@@ -183,8 +183,8 @@ class _Floats(click.ParamType):
 class _Names(click.ParamType):
     """Comma-separated names checked against a list that is loaded only when used.
 
-    The evaluation names live in ``lrp_cli.evaluate`` (which imports torch): they are looked
-    up when an option is parsed, never for ``--help``.
+    The evaluation names live in ``lrp_cli.analysis.evaluate`` (which imports torch): they are
+    looked up when an option is parsed, never for ``--help``.
     """
 
     name = "NAME[,NAME...]"
@@ -208,7 +208,7 @@ class _Names(click.ParamType):
 
 def _evaluate_names(attribute: str) -> Callable[[], Iterable[str]]:
     def names() -> Iterable[str]:
-        from . import evaluate
+        from .analysis import evaluate
 
         return getattr(evaluate, attribute)
 
@@ -661,7 +661,7 @@ def evaluate(inputs: tuple[str, ...], **opt: Any) -> None:
           --baseline random,gradient,gradient-x-input --order morf,lerf --plot aopc.png
       lrp evaluate photos/ -m resnet50 -w r50.pth --perturbation blur --json curves.json
     """
-    from .evaluate_run import Evaluation
+    from .analysis.evaluate_run import Evaluation
 
     if opt["plot"] is not None and _missing("matplotlib"):
         raise CliError("--plot needs matplotlib: pip install 'lrp-cli[plots]'")
@@ -723,7 +723,7 @@ def _print_results(results, evaluation) -> None:
 def _write_results(results, json_path: Path | None, plot: Path | None, evaluation) -> None:
     import json
 
-    from .evaluate import plot_curves, results_to_json
+    from .analysis.evaluate import plot_curves, results_to_json
     from .outputs import atomic_write
 
     try:
@@ -794,7 +794,7 @@ def compare(inputs: tuple[str, ...], **opt: Any) -> None:
           -o compare/ --grid compare/grid.png --shared-scale
       lrp compare cat.jpg -m vgg16 -w vgg16.pth -c montavon-vgg16 -c my-rules.yaml -t tabby
     """
-    from .compare import compare as draw
+    from .analysis.compare import compare as draw
 
     items, problems = _collect(inputs, opt["null"], exclude=[opt["out"]])
     with _before_work():

@@ -13,7 +13,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from lrp_cli import compare as cmp
+from lrp_cli.analysis import compare as cmp
 from lrp_cli.engine import Explainer
 from lrp_cli.explain import SetupError
 from lrp_cli.images import InputItem

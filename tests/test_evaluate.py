@@ -1,4 +1,4 @@
-"""Tests for lrp_cli.evaluate (region perturbation, AOPC)."""
+"""Tests for lrp_cli.analysis.evaluate (region perturbation, AOPC)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrp_cli.evaluate import (
+from lrp_cli.analysis.evaluate import (
     BASELINES,
     MethodResult,
     aopc,

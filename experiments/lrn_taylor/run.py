@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrp_cli.analysis.evaluate import area_under_curve, region_perturbation_curve, summarize
 from lrp_cli.engine import AlphaBetaRule, Composite, EpsilonRule, Explainer, LRNRule
-from lrp_cli.evaluate import area_under_curve, region_perturbation_curve, summarize
 
 HERE = Path(__file__).resolve().parent
 SEED = 0  # default seed of initialisation, training order and noise; the split is fixed

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrp_cli.evaluate import (
+from lrp_cli.analysis.evaluate import (
     aopc,
     area_under_curve,
     gradient_attribution,

@@ -1,7 +1,7 @@
 """The runner behind ``lrp evaluate``: compare rule configs and baselines by region perturbation.
 
 It joins the pieces that ``lrp explain`` uses (model, engine, input loading) to the measurement
-in :mod:`lrp_cli.evaluate`, so that the command itself only parses options and prints.
+in :mod:`lrp_cli.analysis.evaluate`, so that the command itself only parses options and prints.
 Every method is measured on the same inputs, targets and noise (one seed per curve).
 """
 
@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..explain import SetupError, build_explainer, iter_batches, resolve_device, resolve_target
+from ..images import DEFAULT_MAX_PIXELS, InputItem
 from . import evaluate
-from .explain import SetupError, build_explainer, iter_batches, resolve_device, resolve_target
-from .images import DEFAULT_MAX_PIXELS, InputItem
 
 if TYPE_CHECKING:
-    from .config import RuleConfig
-    from .models import LoadedModel
+    from ..config import RuleConfig
+    from ..models import LoadedModel
 
 # Inputs per engine call when computing attributions (LRP keeps every layer's activations).
 _ATTRIBUTION_BATCH = 8

@@ -27,10 +27,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from . import evaluate
-from .config import load_config
-from .evaluate_run import _baseline, _lrp
-from .explain import (
+from ..config import load_config
+from ..explain import (
     PRECISIONS,
     SetupError,
     _reason,
@@ -39,9 +37,9 @@ from .explain import (
     resolve_device,
     resolve_target,
 )
-from .images import DEFAULT_MAX_PIXELS, InputItem, denormalize
-from .models import LoadedModel
-from .outputs import (
+from ..images import DEFAULT_MAX_PIXELS, InputItem, denormalize
+from ..models import LoadedModel
+from ..outputs import (
     CMAP_NAMES,
     OutputError,
     color_limit,
@@ -50,6 +48,8 @@ from .outputs import (
     render_heatmap,
     save_png,
 )
+from . import evaluate
+from .evaluate_run import _baseline, _lrp
 
 __all__ = ["COMPARE_BASELINES", "Column", "CompareResult", "compare", "header", "resolve_columns"]
 
