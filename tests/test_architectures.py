@@ -84,13 +84,24 @@ def test_lrp0_equals_gradient_times_input(architecture):
 
 
 @pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-gamma-box"])
-def test_presets_run_on_every_architecture(architecture, preset):
+def test_presets_conserve_on_every_architecture(architecture, preset):
+    """With zero biases, flat, z-box, gamma, z-plus and the sum rule all conserve; only the
+    presets' 1e-6 stabilisers absorb a little (measured: at most 2e-5 relative, regnet's z-plus
+    4e-4). The exception: on ShuffleNet z-plus loses ~80% of the relevance, and zennit's
+    EpsilonPlusFlat gives the same map (checked by hand to 1e-9), so that is the rule's doing.
+    """
     name, model, x = architecture
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         explainer = Explainer(model, load_config(preset).composite(), input_bounds=(-3.0, 3.0))
-    relevance = explainer(x).relevance
-    assert relevance.shape == x.shape and torch.isfinite(relevance).all()
+    result = explainer(x)
+    assert result.relevance.shape == x.shape and torch.isfinite(result.relevance).all()
+    logit = result.logits.gather(1, result.targets[:, None]).squeeze(1)
+    ratio = result.relevance.sum((1, 2, 3)) / logit
+    if (name, preset) == ("shufflenet_v2_x0_5", "epsilon-plus-flat"):
+        assert ((ratio > 0.05) & (ratio < 0.5)).all(), ratio
+    else:
+        torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-3)
 
 
 def test_builtin_efficientnet_lite_conserves():

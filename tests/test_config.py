@@ -155,14 +155,30 @@ def test_unknown_preset_suggests_the_closest(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_config_file_round_trip(tmp_path):
-    path = tmp_path / "mine.yaml"
-    path.write_text("description: mine\nrules:\n  - match: {type: Linear}\n    rule: zero\n")
-    config = load_config(path)
-    assert config.name == "mine" and config.description == "mine"
+@pytest.mark.parametrize("preset", ["epsilon-gamma-box", "epsilon-alpha2-beta1-flat"])
+def test_config_file_round_trip(tmp_path, preset):
+    """A preset saved to a file and loaded from there assigns the same rules, to the bit."""
+    from importlib import resources
+
+    text = resources.files("lrp_cli.configs").joinpath(f"{preset}.yaml").read_text()
+    path = tmp_path / "mine.yml"
+    path.write_text(text)
+    from_file, from_name = load_config(path), load_config(preset)
+    assert (from_file.name, from_file.source) == ("mine", str(path))
+    assert from_file.description == from_name.description != ""
+    torch.manual_seed(0)
+    model, x = Net(), torch.randn(2, 3, 8, 8)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        Explainer(Net(), config.composite())(torch.randn(1, 3, 8, 8))
+        warnings.simplefilter("error")  # every entry of the file matches a layer
+        ours = Explainer(model, from_file.composite(), input_bounds=(-3.0, 3.0))
+    theirs = Explainer(model, from_name.composite(), input_bounds=(-3.0, 3.0))
+    rows = [(row.name, row.rule) for row in ours.layer_rules]
+    assert rows == [(row.name, row.rule) for row in theirs.layer_rules]
+    assert len({rule for _, rule in rows}) >= 2  # the preset really assigns several rules
+    torch.testing.assert_close(ours(x).relevance, theirs(x).relevance, rtol=0, atol=0)
+    path.write_text(text + "oops: 1\n")
+    with pytest.raises(ConfigError, match=r"mine\.yml:\d+"):
+        load_config(path)  # and a broken copy is refused with the file's name and line
 
 
 def test_pass_on_a_conv_is_refused():

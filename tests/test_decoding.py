@@ -72,8 +72,9 @@ def test_lookahead_bounds_the_inputs_decoded_ahead():
             seen.append(index)
             assert array is not None and len(decoder._running) <= 3
     assert seen == list(range(10))
-    default = Decoder(items, Preprocessing(), workers=0)  # 128 MiB of 224 x 224 inputs
-    assert default.lookahead == (128 << 20) // (4 * 3 * 224 * 224)
+    # A decoded 224 x 224 RGB input is 602,112 bytes of float32: 222 of them fit in 128 MiB
+    # (127.5 MiB), 223 would not.
+    assert Decoder(items, Preprocessing(), workers=0).lookahead == 222
 
 
 @pytest.mark.parametrize("workers", [0, 1])
