@@ -103,10 +103,17 @@ class Decoder:
             yield index, array, error
 
     def close(self) -> None:
-        """Stop the workers; decodes not yet started are dropped."""
+        """Stop the workers; decodes not yet started are dropped, and a worker still decoding
+        is terminated rather than waited for (Ctrl-C must not hang on a slow or stuck file)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            busy = not all(future.done() for _, future in self._running)
+            processes = list((getattr(pool, "_processes", None) or {}).values()) if busy else []
+            pool.shutdown(wait=not busy, cancel_futures=True)
+            for process in processes:  # no public API for this before Python 3.14
+                process.terminate()
+            for process in processes:
+                process.join(5)
         self._running.clear()
 
     def __enter__(self) -> Decoder:

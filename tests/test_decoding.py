@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path, PurePath
 
@@ -83,6 +84,32 @@ def test_decoding_can_be_narrowed_to_the_inputs_still_wanted(tmp_path, workers):
     with Decoder(items, PRE, workers=workers, indices=[0, 2, 3, 4]) as decoder:
         decoder.only([2, 4])
         assert [index for index, _, _ in decoder] == [2, 4]
+
+
+@needs_fork
+def test_closing_terminates_a_worker_stuck_on_a_file(tmp_path, monkeypatch):
+    """Ctrl-C closes the decoder: a decode that never ends must not keep it waiting."""
+    started = tmp_path / "started"
+    decode = images.decode_input
+
+    def stuck(item, *args):  # runs in the forked worker
+        if item.path.name == "coffee-cup.jpg":
+            started.touch()
+            while True:
+                time.sleep(0.05)
+        return decode(item, *args)
+
+    monkeypatch.setattr(images, "decode_input", stuck)
+    items = [InputItem(SAMPLES / "coffee-cup.jpg", PurePath("a.jpg"))] * 2
+    decoder = Decoder(items, PRE, workers=1)
+    (worker,) = decoder._pool._processes.values()
+    while not started.exists():
+        time.sleep(0.01)
+    closing = threading.Thread(target=decoder.close)
+    closing.start()
+    closing.join(30)
+    assert not closing.is_alive(), "close() waited for the stuck decode"
+    assert not worker.is_alive()
 
 
 @needs_fork

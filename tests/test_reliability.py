@@ -241,13 +241,43 @@ def test_two_inputs_never_share_an_output(tmp_path, tiny_weights):
 
 
 # -------------------------------------------------------------------------------- kill, Ctrl-C
-def start_batch(tmp_path: Path, weights: Path, count: int) -> tuple[list[str], Path]:
+# The run under test holds on one input: a sitecustomize module (loaded by every process of the
+# run, decoding workers included) makes the decoding of HOLD wait until the test removes a file.
+# So the test knows exactly which inputs are done when it kills or interrupts, instead of racing
+# the run with sleeps.
+HOLD = "x02"
+HOOK = """
+import os, pathlib, time
+import lrp_cli.images as images
+
+_decode = images.decode_input
+
+def decode_input(item, *args, **kwargs):
+    folder = pathlib.Path(os.environ["LRP_TEST_HOLD_DIR"])
+    if item.path.stem == os.environ["LRP_TEST_HOLD"]:
+        (folder / "holding").touch()
+        while (folder / "hold").exists():
+            time.sleep(0.01)
+    return _decode(item, *args, **kwargs)
+
+images.decode_input = decode_input
+"""
+
+
+def start_batch(tmp_path: Path, weights: Path, count: int) -> tuple[list[str], Path, dict]:
+    """The command of a run over ``count`` inputs, its output folder, and its environment."""
     for i in range(count):
         write_npy(tmp_path / "in" / f"x{i:02d}.npy", seed=i)
     out = tmp_path / "out"
-    options = [*tiny_model(weights), *"--batch-size 1 --workers 1".split()]
+    options = [*tiny_model(weights), *"--batch-size 1 --workers 1 --device cpu".split()]
     command = lrp_command("explain", tmp_path / "in", "-o", out, *options)
-    return command, out
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOOK)
+    (hook / "hold").touch()
+    path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "LRP_TEST_HOLD": HOLD, "LRP_TEST_HOLD_DIR": str(hook)}
+    return command, out, env
 
 
 def complete(out: Path) -> set[str]:
@@ -257,11 +287,13 @@ def complete(out: Path) -> set[str]:
     return {p.stem for p in out.glob("*.png")} & {p.stem for p in out.glob("*.npy")}
 
 
-def wait_for(process: subprocess.Popen, out: Path, done: int, timeout: float = 120) -> None:
+def wait_until_held(process: subprocess.Popen, out: Path, env: dict, timeout: float = 120):
+    """Until the run holds on HOLD with every input before it written (x00 and x01)."""
+    holding = Path(env["LRP_TEST_HOLD_DIR"]) / "holding"
     deadline = time.monotonic() + timeout
-    while len(complete(out)) < done:
+    while not (holding.exists() and complete(out) == {"x00", "x01"}):
         assert process.poll() is None, "the run ended before it could be stopped"
-        assert time.monotonic() < deadline, "no outputs appeared"
+        assert time.monotonic() < deadline, f"not held in {timeout} s: {sorted(complete(out))}"
         time.sleep(0.02)
 
 
@@ -276,20 +308,22 @@ def check_valid(out: Path, count: int) -> None:
 
 def test_killed_run_resumes_with_skip_existing(tmp_path, tiny_weights):
     count = 6
-    command, out = start_batch(tmp_path, tiny_weights, count)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command, out, env = start_batch(tmp_path, tiny_weights, count)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     try:
-        wait_for(process, out, done=2)
+        wait_until_held(process, out, env)
     finally:
         process.kill()  # SIGKILL: no clean-up at all
         process.wait()
-    finished = complete(out)
-    assert 2 <= len(finished) < count
-    mtimes = {p: p.stat().st_mtime_ns for p in out.iterdir() if p.stem in finished}
+    assert complete(out) == {"x00", "x01"}
+    mtimes = {p: p.stat().st_mtime_ns for p in out.iterdir()}
 
-    resumed = subprocess.run([*command, "--skip-existing"], capture_output=True, text=True)
+    (Path(env["LRP_TEST_HOLD_DIR"]) / "hold").unlink()
+    resumed = subprocess.run([*command, "--skip-existing"], capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{len(finished)} skipped" in resumed.stderr
+    assert "2 skipped" in resumed.stderr
     check_valid(out, count)
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # not recomputed
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -298,11 +332,12 @@ def test_killed_run_resumes_with_skip_existing(tmp_path, tiny_weights):
 
 
 def test_ctrl_c_stops_cleanly_with_130(tmp_path, tiny_weights):
-    count = 6
-    command, out = start_batch(tmp_path, tiny_weights, count)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command, out, env = start_batch(tmp_path, tiny_weights, 6)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
-        wait_for(process, out, done=1)
+        wait_until_held(process, out, env)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
     finally:
@@ -310,9 +345,7 @@ def test_ctrl_c_stops_cleanly_with_130(tmp_path, tiny_weights):
     assert process.returncode == 130, stderr
     assert stdout == "" and "Traceback" not in stderr
     assert "interrupted" in stderr and "--skip-existing" in stderr
-    finished = complete(out)
-    assert 1 <= len(finished) < count
     # finished inputs are whole; the others left nothing behind, not even temporary files
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}.{ext}" for stem in finished for ext in ("png", "npy")
+        f"{stem}.{ext}" for stem in ("x00", "x01") for ext in ("png", "npy")
     )
