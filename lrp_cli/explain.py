@@ -26,6 +26,7 @@ import numpy as np
 
 from .decoding import Decoder
 from .images import DEFAULT_MAX_PIXELS, ImageError, InputItem, denormalize
+from .messages import error_reason
 from .outputs import (
     OutputError,
     OutputPaths,
@@ -424,7 +425,7 @@ class BatchExplainer:
             result = self.explainer(x, self.target)
         except Exception as error:  # the engine failed on this batch: its inputs fail, not the run
             for entry in group:
-                entry.records = [self._failed(entry, f"explaining failed: {_reason(error)}")]
+                entry.records = [self._failed(entry, f"explaining failed: {error_reason(error)}")]
             return
         maps = result.relevance.sum(dim=1).float().cpu().numpy()
         logits = result.logits.detach().double().cpu()
@@ -565,11 +566,6 @@ def _message(entry: _Entry, k: int, problem: str, advice: str) -> str:
 
 def _key(path: Path) -> str:
     return str(path).casefold()
-
-
-def _reason(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 # outputs.atomic_write's temporary files: ``.NAME.PID-HEX.tmp``.

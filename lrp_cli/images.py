@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 import numpy as np
 from PIL import Image
 
+from .messages import error_reason, one_line
 from .outputs import output_stem
 
 if TYPE_CHECKING:
@@ -94,13 +95,8 @@ class ImageError(Exception):
     def __init__(self, path: str | os.PathLike[str], problem: str, advice: str = "") -> None:
         self.path = path
         self.problem = problem
-        message = f"{_show(path)}: {problem}"
+        message = f"{one_line(path)}: {problem}"
         super().__init__(f"{message}; {advice}" if advice else message)
-
-
-def _show(text: object) -> str:
-    """Escape control characters and undecodable bytes so that messages stay on one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in os.fspath(text))
 
 
 class _Preprocessing(Protocol):
@@ -124,7 +120,7 @@ def _check_file(path: Path) -> int:
         if os.path.islink(path):
             raise ImageError(
                 path,
-                f"broken symbolic link (points to {_show(os.readlink(path))})",
+                f"broken symbolic link (points to {one_line(os.readlink(path))})",
                 "fix or remove the link",
             ) from None
         raise ImageError(path, "no such file", "check the path") from None
@@ -282,7 +278,7 @@ def load_image(
         except Exception as error:
             raise ImageError(
                 path,
-                f"image header is truncated or corrupt ({_reason(error)})",
+                f"image header is truncated or corrupt ({error_reason(error)})",
                 "copy or download it again, or skip it",
             ) from None
         width, height = image.size
@@ -299,7 +295,7 @@ def load_image(
         except Exception as error:
             raise ImageError(
                 path,
-                f"{image.format or 'image'} data is truncated or corrupt ({_reason(error)})",
+                f"{image.format or 'image'} data is truncated or corrupt ({error_reason(error)})",
                 "copy or download it again, or skip it",
             ) from None
         orientation = _orientation(image)
@@ -309,17 +305,12 @@ def load_image(
             raise ImageError(
                 path,
                 f"cannot convert {image.format or 'image'} colour mode {image.mode} to RGB "
-                f"({_reason(error)})",
+                f"({error_reason(error)})",
                 "convert it to an 8-bit RGB JPEG or PNG",
             ) from None
     if orientation != 1:
         rgb = rgb.transpose(_ORIENTATION[orientation])
     return rgb
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return _show(text.splitlines()[0] if text.splitlines() else text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,9 +482,9 @@ def read_npy_input(
             raise ImageError(
                 path, "holds pickled Python objects, which are refused for safety", advice
             ) from None
-        raise ImageError(path, f"damaged .npy file ({_reason(error)})", advice) from None
+        raise ImageError(path, f"damaged .npy file ({error_reason(error)})", advice) from None
     except Exception as error:
-        raise ImageError(path, f"damaged .npy file ({_reason(error)})", advice) from None
+        raise ImageError(path, f"damaged .npy file ({error_reason(error)})", advice) from None
 
     if array.dtype.kind != "f" or array.dtype.itemsize not in (2, 4, 8):
         raise ImageError(
@@ -610,7 +601,7 @@ def collect_inputs(
         files = _walk(folder, excluded)
         if not files:
             exts = " ".join(sorted(e.lstrip(".") for e in INPUT_EXTENSIONS))
-            problems.append(f"{_show(spec)}: no input files ({exts}) found in this folder")
+            problems.append(f"{one_line(spec)}: no input files ({exts}) found in this folder")
         for file in files:
             candidates.append((file, PurePath(os.path.relpath(file, base))))
 
@@ -618,13 +609,13 @@ def collect_inputs(
         path = Path(spec)
         if path.is_dir():
             if os.path.realpath(path) in excluded:
-                problems.append(f"{_show(spec)}: skipped, it is the output folder")
+                problems.append(f"{one_line(spec)}: skipped, it is the output folder")
             else:
                 add_folder(path, path, spec)
         elif os.path.lexists(path):
             candidates.append((path, relative or PurePath(path.name)))
         else:
-            problems.append(f"{_show(spec)}: no such file or folder")
+            problems.append(f"{one_line(spec)}: no such file or folder")
 
     for spec in specs:
         if spec == "-":
@@ -646,7 +637,7 @@ def collect_inputs(
                 elif _wanted(path):
                     candidates.append((path, PurePath(os.path.relpath(path, base))))
             if len(candidates) == before:
-                problems.append(f"{_show(spec)}: the pattern matched no input files")
+                problems.append(f"{one_line(spec)}: the pattern matched no input files")
         else:
             add_path(spec, None)
 
@@ -707,4 +698,4 @@ def try_decode_input(
     except ImageError as error:
         return None, str(error)
     except Exception as error:  # a bug or out of memory must not end the whole run
-        return None, f"{_show(item.path)}: unexpected error: {_reason(error)}"
+        return None, f"{one_line(item.path)}: unexpected error: {error_reason(error)}"

@@ -21,6 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .messages import error_reason
+
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
@@ -363,7 +365,7 @@ def _load_callable(
         mod = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or any error raised by the user's module itself
         raise ModelError(
-            f"cannot import {module_name!r} for model {spec!r}: {_short(exc)}"
+            f"cannot import {module_name!r} for model {spec!r}: {error_reason(exc)}"
         ) from None
     factory: Any = mod
     for part in attr.split("."):
@@ -373,7 +375,7 @@ def _load_callable(
     try:
         module = factory(num_classes=num_classes) if num_classes is not None else factory()
     except Exception as exc:
-        raise ModelError(f"calling {spec} failed: {_short(exc)}") from None
+        raise ModelError(f"calling {spec} failed: {error_reason(exc)}") from None
     if not isinstance(module, nn.Module):
         raise ModelError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -410,7 +412,9 @@ def _read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         try:
             obj: Any = load_file(str(file), device="cpu")
         except Exception as exc:
-            raise ModelError(f"{file} is not a readable safetensors file: {_short(exc)}") from None
+            raise ModelError(
+                f"{file} is not a readable safetensors file: {error_reason(exc)}"
+            ) from None
     else:
         try:
             with warnings.catch_warnings():  # e.g. pickle-protocol notices: noise for end users
@@ -438,7 +442,7 @@ def _load_failure(exc: BaseException) -> str:
         if "Weights only load failed" in str(exc):
             return "not a plain tensor checkpoint: it may hold pickled code, nothing was run"
         return "not a valid checkpoint"
-    return _short(exc)
+    return error_reason(exc)
 
 
 def _as_state_dict(obj: Any, file: Path) -> dict[str, Tensor]:
@@ -565,7 +569,7 @@ def _load_into(
             with _quiet_mnasnet():
                 result = module.load_state_dict(state, strict=False)
         except Exception as exc:
-            raise ModelError(f"weights {source} do not load: {_short(exc)}") from None
+            raise ModelError(f"weights {source} do not load: {error_reason(exc)}") from None
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     else:
         missing = [k for k in expected if k not in state and "num_batches_tracked" not in k]
@@ -585,8 +589,3 @@ def _load_into(
         raise ModelError(
             f"weights {source} do not fit {type(module).__name__}: {'; '.join(problems)}{hint}"
         )
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -21,6 +21,8 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
+from .messages import one_line
+
 __all__ = [
     "CMAPS",
     "CMAP_NAMES",
@@ -30,7 +32,6 @@ __all__ = [
     "atomic_write",
     "color_limit",
     "degenerate_reason",
-    "is_degenerate",
     "output_paths",
     "output_stem",
     "overlay",
@@ -117,11 +118,6 @@ def degenerate_reason(relevance: np.ndarray) -> str | None:
     return None
 
 
-def is_degenerate(relevance: np.ndarray) -> bool:
-    """True for empty, all-zero or non-finite maps: flag them rather than save blank PNGs."""
-    return degenerate_reason(relevance) is not None
-
-
 def color_limit(
     relevance: np.ndarray, vmax: float | None = None, percentile: float | None = None
 ) -> float:
@@ -156,7 +152,7 @@ def render_heatmap(
     """Colour a signed relevance map symmetrically around zero, as an RGB image (H x W).
 
     Values beyond the limit (see :func:`color_limit`) saturate; NaN and infinities are drawn
-    as zero (check :func:`is_degenerate` to flag such maps).
+    as zero (check :func:`degenerate_reason` to flag such maps).
     """
     if cmap not in CMAPS:
         raise ValueError(f"unknown colour map {cmap!r}; choose one of {', '.join(CMAP_NAMES)}")
@@ -183,15 +179,10 @@ def overlay(heatmap: Image.Image, photo: Image.Image, alpha: float = 0.5) -> Ima
 # Atomic writing
 
 
-def _one_line(text: object) -> str:
-    """Escape control characters (odd file names) so that a message stays on one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-
-
 def _os_reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
-    return _one_line(f"{type(error).__name__}: {error}")
+    return one_line(f"{type(error).__name__}: {error}")
 
 
 def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[IO[bytes]], object]) -> None:
@@ -206,7 +197,7 @@ def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[IO[bytes]], o
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(
-            f"{_one_line(path.parent)}: cannot create the output folder: {_os_reason(error)}; "
+            f"{one_line(path.parent)}: cannot create the output folder: {_os_reason(error)}; "
             "choose another output folder or fix its permissions"
         ) from error
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
@@ -226,7 +217,7 @@ def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[IO[bytes]], o
         if isinstance(error, OutputError):
             raise
         raise OutputError(
-            f"{_one_line(path)}: cannot write: {_os_reason(error)}; "
+            f"{one_line(path)}: cannot write: {_os_reason(error)}; "
             "check free disk space and that the output folder is writable"
         ) from error
 
@@ -263,7 +254,7 @@ def output_stem(relative: PurePath) -> PurePath:
     relative = PurePath(relative)
     if relative.is_absolute() or relative.anchor or ".." in relative.parts or not relative.name:
         raise OutputError(
-            f"{_one_line(relative)}: output name must be a relative path inside the output folder"
+            f"{one_line(relative)}: output name must be a relative path inside the output folder"
         )
     return relative.with_suffix("") if relative.suffix else relative
 
@@ -280,8 +271,8 @@ def output_paths(out_dir: Path, relative: PurePath) -> OutputPaths:
     parent = stem.parent.resolve()
     if parent != root and root not in parent.parents:
         raise OutputError(
-            f"{_one_line(relative)}: output would be written outside {_one_line(out_dir)} "
-            f"(into {_one_line(parent)}); remove the symbolic link or choose another folder"
+            f"{one_line(relative)}: output would be written outside {one_line(out_dir)} "
+            f"(into {one_line(parent)}); remove the symbolic link or choose another folder"
         )
     name = stem.name
     return OutputPaths(
@@ -342,7 +333,7 @@ class RecordWriter:
                 self._out = open(target, "wb")  # closed in close()
             except OSError as error:
                 raise OutputError(
-                    f"{_one_line(target)}: cannot open the records file: {_os_reason(error)}; "
+                    f"{one_line(target)}: cannot open the records file: {_os_reason(error)}; "
                     "choose another path or fix the folder's permissions"
                 ) from error
         self.path = target
@@ -376,7 +367,7 @@ class RecordWriter:
             return False
         except OSError as error:
             raise OutputError(
-                f"{_one_line(self.path)}: cannot write a record: {_os_reason(error)}; "
+                f"{one_line(self.path)}: cannot write a record: {_os_reason(error)}; "
                 "check free disk space"
             ) from error
         return True

@@ -69,7 +69,7 @@ def _predict(loaded: LoadedModel, image) -> tuple[str, float]:
     return loaded.class_name(int(i)), float(p)
 
 
-def _one_line(exc: pytest.ExceptionInfo) -> str:
+def _assert_one_line(exc: pytest.ExceptionInfo) -> str:
     text = str(exc.value)
     assert "\n" not in text
     return text
@@ -170,7 +170,7 @@ def test_class_index_and_name(builtin):
     assert builtin.class_name(5000) is None
     with pytest.raises(ModelError, match="did you mean 'tabby'") as exc:
         builtin.class_index("tabbby")
-    _one_line(exc)
+    _assert_one_line(exc)
     assert builtin.class_index("Cardigan") == 264  # the corgi; exact case decides
     assert builtin.class_index("cardigan") == 474  # the sweater
     with pytest.raises(ModelError, match="ambiguous"):
@@ -335,7 +335,7 @@ def test_torchvision_default_weights_only_from_local_cache(tmp_path, monkeypatch
     cached = tmp_path / "hub" / "checkpoints" / os.path.basename(default.url)
     with pytest.raises(ModelError, match="--weights FILE") as exc:
         load_model("squeezenet1_1")
-    assert str(cached) in _one_line(exc)
+    assert str(cached) in _assert_one_line(exc)
 
     cached.parent.mkdir(parents=True)
     torch.save(torchvision.models.squeezenet1_1().state_dict(), cached)
@@ -348,7 +348,7 @@ def test_torchvision_default_weights_only_from_local_cache(tmp_path, monkeypatch
 def test_unknown_model_suggests_close_names():
     with pytest.raises(ModelError, match="resnet50") as exc:
         load_model("resnet5")
-    _one_line(exc)
+    _assert_one_line(exc)
     with pytest.raises(ModelError, match="efficientnet_lite0"):
         load_model("efficentnet_lite0")
 
@@ -366,7 +366,7 @@ def test_shape_mismatch_is_reported_briefly(tmp_path):
     torch.save(torchvision.models.squeezenet1_1(num_classes=10).state_dict(), path)
     with pytest.raises(ModelError) as exc:
         load_model("squeezenet1_1", path)
-    text = _one_line(exc)
+    text = _assert_one_line(exc)
     assert "shape mismatch: classifier.1.weight (10, 512, 1, 1) vs model (1000, 512, 1, 1)" in text
     assert "--num-classes" in text
     loaded = load_model("squeezenet1_1", path, num_classes=10)
@@ -410,7 +410,7 @@ def test_malicious_pickle_is_refused(tmp_path, writer):
     assert not marker.exists()
     with pytest.raises(ModelError, match="refusing|not a readable") as exc:
         load_model("squeezenet1_1", path)
-    _one_line(exc)
+    _assert_one_line(exc)
     assert not marker.exists()
 
 
@@ -425,7 +425,7 @@ def test_malicious_pickle_in_torch_hub_cache_is_refused(tmp_path, monkeypatch):
     torch.save({"weight": _Exploit(marker)}, cached)
     with pytest.raises(ModelError, match="could run code") as exc:
         load_model("squeezenet1_1")
-    _one_line(exc)
+    _assert_one_line(exc)
     assert not marker.exists()
 
 
@@ -434,7 +434,7 @@ def test_corrupt_and_missing_files(tmp_path):
     bad.write_bytes(b"not a checkpoint" * 8)
     with pytest.raises(ModelError, match="not a readable PyTorch weights file") as exc:
         load_model("squeezenet1_1", bad)
-    _one_line(exc)
+    _assert_one_line(exc)
     bad_st = tmp_path / "bad.safetensors"
     bad_st.write_bytes(b"\x00" * 32)
     with pytest.raises(ModelError, match="safetensors"):

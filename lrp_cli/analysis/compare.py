@@ -31,13 +31,13 @@ from ..config import load_config
 from ..explain import (
     PRECISIONS,
     SetupError,
-    _reason,
     build_explainer,
     iter_batches,
     resolve_device,
     resolve_target,
 )
 from ..images import DEFAULT_MAX_PIXELS, InputItem, denormalize
+from ..messages import error_reason
 from ..models import LoadedModel
 from ..outputs import (
     CMAP_NAMES,
@@ -102,7 +102,7 @@ def resolve_columns(
             explainer, caught = build_explainer(model, config, device, precision)
         except (ValueError, TypeError, RuntimeError) as error:  # ConfigError, CompositeError...
             label = Path(spec).stem if Path(spec).suffix in (".yaml", ".yml") else spec
-            columns.append(Column(label, problem=_reason(error)))
+            columns.append(Column(label, problem=error_reason(error)))
             continue
         columns.append(Column(config.name, _lrp(explainer)))
         warnings += [f"{config.name}: {message}" for message in caught]
@@ -177,7 +177,7 @@ def compare(
                 [column.attribute(*p).detach().float().cpu() for p in parts]
             ).numpy()
         except (ValueError, TypeError, RuntimeError) as error:
-            column.problem = f"explaining failed: {_reason(error)}"
+            column.problem = f"explaining failed: {error_reason(error)}"
             problems.append(f"{column.label}: {column.problem}")
     result.problems = problems
 
@@ -207,7 +207,9 @@ def _targets(model: LoadedModel, x: torch.Tensor, fixed: int | None, batch_size:
         with torch.no_grad():
             logits = torch.cat([model.module(chunk) for chunk in x.split(batch_size)]).double()
     except RuntimeError as error:
-        raise SetupError(f"{model.name} cannot run on these inputs: {_reason(error)}") from None
+        raise SetupError(
+            f"{model.name} cannot run on these inputs: {error_reason(error)}"
+        ) from None
     if fixed is not None and fixed >= logits.shape[1]:
         raise SetupError(f"class {fixed} is out of range: {model.name} has {logits.shape[1]}")
     targets = logits.argmax(dim=1)
