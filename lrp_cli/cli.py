@@ -259,8 +259,7 @@ _model_options = _options(
         help="Number of classes of the model in --weights (default: the model's).",
     ),
 )
-_input_options = _options(
-    click.argument("inputs", nargs=-1, required=True),
+_input_file_options = _options(
     _option(
         "-0",
         "--null",
@@ -274,6 +273,7 @@ _input_options = _options(
         help="Refuse images with more pixels (decompression-bomb guard).",
     ),
 )
+_input_options = _options(click.argument("inputs", nargs=-1, required=True), _input_file_options)
 _device_options = _options(
     _option(
         "--device",
@@ -815,3 +815,170 @@ def compare(inputs: tuple[str, ...], **opt: Any) -> None:
         count = len(result.written)
         _say(f"wrote {count} picture{'s' * (count != 1)} ({rows} inputs x {columns} columns)")
     sys.exit(EXIT_FAILED if problems or result.problems or result.errors or not rows else 0)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1)
+@_input_file_options
+@_option(
+    "--from",
+    "source",
+    type=click.Path(exists=True, path_type=Path),
+    help="Reuse an earlier 'lrp explain' run: its output folder or its --jsonl records file "
+    "(records give each map's class; without them all maps are one group).",
+)
+@_model_options
+@_config_option
+@_option("-t", "--target", default="top1", help="Class: top1, a class index or a class name.")
+@_option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("spray-out"),
+    help="Output folder: spray.json, spray.html, clusters/ (and maps/ when explaining here).",
+)
+@_option(
+    "--class",
+    "classes",
+    multiple=True,
+    help="Analyse only this class (index or name); repeat for more. Default: every class.",
+)
+@_option("--clusters", type=click.IntRange(min=1), help="Fix the number of clusters per class "
+         "(default: chosen by the eigengap).")  # fmt: skip
+@_option("--neighbors", type=click.IntRange(min=1), default=10, help="k of the kNN graph.")
+@_option(
+    "--eigenvalues",
+    type=click.IntRange(min=2),
+    default=10,
+    help="The eigengap is looked for among this many smallest eigenvalues.",
+)
+@_option("--size", type=click.IntRange(min=2), default=32, help="Side maps are downscaled to.")
+@_option("--absolute", is_flag=True, help="Cluster |relevance| instead of signed relevance.")
+@_option("--seed", type=int, default=0, help="Seed of the eigensolver, k-means and t-SNE.")
+@_option(
+    "--view",
+    type=click.Choice(["tsne", "spectral"]),
+    default="tsne",
+    help="2-D picture of the embedding in the report: t-SNE, or two spectral coordinates.",
+)
+@_option("--examples", type=click.IntRange(min=0), default=6, help="Inputs shown per cluster.")
+@_option("--min-maps", type=click.IntRange(min=3), default=10, help="Skip smaller classes.")
+@_option("--cmap", type=click.Choice(CMAP_NAMES), default="bwr", help="Heatmap colour map.")
+@_option("--batch-size", type=click.IntRange(min=1), default=8, help="Inputs per engine call.")
+@_device_options
+@_option("-q", "--quiet", is_flag=True, help="Print errors only: no progress, no table.")
+def spray(inputs: tuple[str, ...], **opt: Any) -> None:
+    """Find groups of heatmaps per class: Spectral Relevance Analysis (SpRAy).
+
+    Lapuschkin et al. (2019), Unmasking Clever Hans predictors. Explains INPUTS (as 'lrp
+    explain' does, into OUT/maps/ with its records) or reuses an earlier run with --from.
+    Per class: maps downscaled and normalised, a k-nearest-neighbour graph, the eigenvectors
+    of its normalised Laplacian, the number of clusters at the largest gap among the smallest
+    eigenvalues, and k-means. A small cluster cut off from the rest ('most atypical') is
+    where to look for a shortcut such as a watermark.
+
+    \b
+    Writes:
+      OUT/spray.json      per input its class, cluster, coordinates, distance to the centre;
+                          per class the eigenvalues and eigengap; per cluster its size
+      OUT/spray.html      the report (offline, self-contained)
+      OUT/clusters/CLASS/cluster-J.png   the mean heatmap of each cluster
+
+    Needs scikit-learn and scipy: pip install 'lrp-cli[analysis]'. Exit status: 0 done, 1 some
+    input or map failed or nothing could be analysed, 2 usage, model or missing extra.
+
+    \b
+    Examples:
+      lrp explain photos/ -o run/ --jsonl run/records.jsonl && lrp spray --from run/ -o spray/
+      lrp spray data/horses/ -m resnet50 -w r50.pth -t horse -o spray/
+      lrp spray --from run/ --class 3 --clusters 4 --seed 1
+    """
+    from .analysis import spray_run
+    from .analysis.spray import MissingExtra, require_extra
+
+    try:
+        require_extra()
+    except MissingExtra as error:
+        raise CliError(str(error)) from None
+    if bool(inputs) == bool(opt["source"]):
+        raise click.UsageError("give INPUTS to explain or --from an earlier run (not both)")
+    names = "size absolute neighbors eigenvalues clusters seed view examples min_maps classes cmap"
+    settings = spray_run.SpraySettings(**{name: opt[name] for name in names.split()})
+    errors: list[str] = []
+    preprocessing = None
+    if opt["source"] is not None:
+        with _before_work():
+            maps, warnings = spray_run.read_run(opt["source"])
+    else:
+        maps, errors, warnings, preprocessing = _explain_for_spray(inputs, opt)
+    if not opt["quiet"]:
+        for warning in warnings:
+            _say(warning, "warning")
+    try:
+        result = spray_run.run(maps, opt["out"], settings, preprocessing)
+    except (OutputError, OSError) as error:
+        raise CliError(" ".join(str(error).split())) from None
+    for message in result.errors:
+        _say_error(message)
+    if not opt["quiet"]:
+        for message in result.skipped:
+            _say(message, "warning")
+    if not result.analyses:
+        _say_error("no class had enough maps to analyse (see --min-maps)")
+        sys.exit(EXIT_FAILED)
+    if not opt["quiet"]:
+        _print_spray(result)
+        _say(f"report -> {opt['out'] / 'spray.html'}")
+    sys.exit(EXIT_FAILED if errors or result.errors else 0)
+
+
+def _explain_for_spray(inputs: tuple[str, ...], opt: dict[str, Any]):
+    """Explain the inputs into OUT/maps/ as lrp explain does: (maps, errors, warnings, crop)."""
+    from .analysis.spray_run import explain_inputs
+    from .explain import ExplainOptions
+
+    items, problems = _collect(inputs, opt["null"], exclude=[opt["out"]])
+    names = "target batch_size device precision cmap max_pixels".split()
+    options = ExplainOptions(
+        out=opt["out"] / "maps", existing="overwrite", **{name: opt[name] for name in names}
+    )
+    with _before_work():
+        loaded = _load_model(opt)
+        rules = load_config(opt["config"])
+        with _progress(not opt["quiet"], len(items), "explaining") as advance:
+            maps, errors, warnings = explain_inputs(loaded, rules, items, options, advance)
+    for message in errors:
+        _say_error(message)
+    return maps, problems + errors, warnings, loaded.preprocessing
+
+
+def _print_spray(result) -> None:
+    """One row per cluster: its class, size and isolation; the most atypical one flagged."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title="SpRAy: clusters per class",
+        caption="isolation: share of its neighbour-graph weight inside the cluster",
+    )
+    for column in ("class", "maps", "k", "eigengap", "cluster", "size", "isolation", ""):
+        table.add_column(column, justify="left" if column in ("class", "") else "right")
+    for analysis in result.analyses:
+        r = analysis.result
+        how = f"{r.k}" if r.chosen_by == "eigengap" else f"{r.k} (fixed)"
+        for c in r.clusters:
+            first = c.index == 0
+            table.add_row(
+                analysis.label if first else "",
+                str(len(r.labels)) if first else "",
+                how if first else "",
+                f"{r.eigengap:.3g}" if first else "",
+                str(c.index),
+                f"{c.size} ({c.share:.0%})",
+                f"{c.isolation:.2f}",
+                "[bold red]most atypical[/]" if c.index == r.atypical else "",
+            )
+    console = Console()
+    if not console.is_terminal:  # a file or pipe: never fold the table into narrow columns
+        console = Console(width=1000)
+    console.print(table)
