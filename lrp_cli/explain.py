@@ -428,6 +428,8 @@ class BatchExplainer:
                 entry.records = [self._failed(entry, f"explaining failed: {error_reason(error)}")]
             return
         maps = result.relevance.sum(dim=1).float().cpu().numpy()
+        # in the engine's precision: a float64 run's record is not rounded to the .npy's float32
+        sums = result.relevance.sum(dim=(1, 2, 3), dtype=torch.float64).cpu().tolist()
         logits = result.logits.detach().double().cpu()
         probabilities = torch.softmax(logits, dim=1)
         targets = result.targets.cpu().tolist()
@@ -439,7 +441,7 @@ class BatchExplainer:
             entry.writing = []
             for k, sample in enumerate(entry.rows):
                 i = row + k
-                scores = (logits[i], probabilities[i], targets[i])
+                scores = (logits[i], probabilities[i], targets[i], sums[i])
                 work = (self._finish, entry, k, maps[i], sample, scores, share)
                 entry.writing.append(self._writer.submit(*work))
             row += len(entry.rows)
@@ -447,7 +449,7 @@ class BatchExplainer:
 
     def _finish(self, entry: _Entry, k: int, relevance, x, scores, share: float):
         """Check one sample's result, write its files, return its record."""
-        logits, probabilities, target = scores
+        logits, probabilities, target, relevance_sum = scores
         start = time.perf_counter()
         fields: dict[str, Any] = {
             "target": target,
@@ -474,7 +476,7 @@ class BatchExplainer:
             entry,
             k,
             status="explained",
-            relevance_sum=float(relevance.sum(dtype=np.float64)),
+            relevance_sum=relevance_sum,
             vmax=vmax,
             seconds=seconds,
             **fields,

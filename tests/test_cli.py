@@ -527,3 +527,70 @@ def test_evaluate_bad_arguments_exit_2(tmp_path, tiny_weights, args, message):
     result = run(["evaluate", path, *tiny_model(tiny_weights), "--region", "16", *args])
     assert result.exit_code == 2
     assert message in result.stderr
+
+
+def test_compare_command_draws_the_columns_explain_would(tmp_path, tiny_weights):
+    """Each column of `lrp compare` is the heatmap `lrp explain` writes with that config; a
+    config that cannot be used is an n/a column and exit status 1, the rest still drawn."""
+    from lrp_cli.analysis.compare import MIN_TILE, PAD, header
+
+    inputs = [write_npy(tmp_path / f"x{i}.npy", seed=i) for i in range(2)]
+    (tmp_path / "broken.yaml").write_text("rules: [{match: {type: Conv}, rule: nope}]\n")
+    tiny, columns = tiny_model(tiny_weights), ["zero", "gradient", tmp_path / "broken.yaml"]
+    options = [*tiny, "-o", tmp_path / "out", "--grid", tmp_path / "grid.png", "--device", "cpu"]
+    result = run(["compare", *inputs, *[a for c in columns for a in ("-c", c)], *options])
+    assert result.exit_code == 1, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert "broken.yaml" in line and "nope" in line
+    explained = run(["explain", *inputs, *tiny, "-c", "zero", "-o", tmp_path / "zero"])
+    assert explained.exit_code == 0, explained.stderr
+
+    tile = max(SIZE, MIN_TILE)
+    cell = tile + 2 * PAD
+    top = header(["input", "zero", "gradient", "broken"], cell).height
+
+    def column(picture: Image.Image, c: int) -> np.ndarray:
+        left = c * cell + PAD
+        return np.asarray(
+            picture.convert("RGB").crop((left, top + PAD, left + tile, top + PAD + tile))
+        )
+
+    for i in range(2):
+        with Image.open(tmp_path / "out" / f"x{i}.compare.png") as picture:
+            assert picture.size == (4 * cell, top + cell)
+            zero_column, na_column = column(picture, 1), column(picture, 3)
+        with Image.open(tmp_path / "zero" / f"x{i}.png") as heatmap:
+            expected = np.asarray(heatmap.convert("RGB").resize((tile, tile), Image.NEAREST))
+        np.testing.assert_array_equal(zero_column, expected)
+        assert (na_column == na_column[..., :1]).all()  # grey with text, no heatmap colours
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (4 * cell, top + 2 * cell)
+
+
+def test_precision_float64_through_the_command(tmp_path, monkeypatch):
+    """--precision float64 computes in double: on a bias-free linear model LRP-0 is exact, so
+    the record's relevance sum equals the logit w.x to double precision, which float32 misses."""
+    (tmp_path / "linnet64.py").write_text(
+        "import torch\n"
+        "def net():\n"
+        "    torch.manual_seed(0)\n"
+        "    layer = torch.nn.Linear(3 * 16 * 16, 2, bias=False)\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), layer)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import linnet64
+
+    path = write_npy(tmp_path / "x.npy", size=16)
+    weight = linnet64.net()[1].weight.detach().double().numpy()
+    logits = weight @ np.load(path).astype(np.float64).ravel()
+    found = {}
+    for precision in ("float64", "float32"):
+        args = ["-m", "linnet64:net", "--input-size", 16, "-c", "zero", "-t", 1, "--jsonl", "-"]
+        result = run(["explain", path, *args, "--precision", precision, "-o", tmp_path / precision])
+        assert result.exit_code == 0, result.stderr
+        (record,) = records(result.stdout)
+        assert record["precision"] == precision
+        found[precision] = (record["logit"], record["relevance_sum"])
+    assert found["float64"][0] == pytest.approx(logits[1], rel=1e-14)
+    assert found["float64"][1] == pytest.approx(logits[1], rel=1e-14)
+    assert found["float32"][0] != pytest.approx(logits[1], rel=1e-12)

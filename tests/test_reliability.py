@@ -349,3 +349,80 @@ def test_ctrl_c_stops_cleanly_with_130(tmp_path, tiny_weights):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{stem}.{ext}" for stem in ("x00", "x01") for ext in ("png", "npy")
     )
+
+
+# -------------------------------------------------------------------------------- gaps
+def test_a_batch_the_engine_fails_on_fails_its_inputs_only(tmp_path, tiny_weights, monkeypatch):
+    from lrp_cli.engine import Explainer
+
+    inputs = [write_npy(tmp_path / f"in/x{i}.npy", seed=i) for i in range(3)]
+    original, calls = Explainer.__call__, []
+
+    def fail_second_batch(self, x, *args, **kwargs):
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise RuntimeError("boom\nwith a second line")
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Explainer, "__call__", fail_second_batch)
+    out = tmp_path / "out"
+    options = [*tiny_model(tiny_weights), "--batch-size", "1", "--jsonl", "-", "--device", "cpu"]
+    result = run(["explain", *inputs, "-o", out, *options])
+    assert result.exit_code == 1 and calls == [1, 1, 1]
+    by_name = {Path(r["input"]).name: r for r in records(result.stdout)}
+    assert by_name["x1.npy"]["status"] == "failed"
+    assert by_name["x1.npy"]["error"].endswith("explaining failed: boom with a second line")
+    assert [by_name[f"x{i}.npy"]["status"] for i in (0, 2)] == ["explained", "explained"]
+    (line,) = error_lines(result.stderr)
+    assert "x1.npy" in line and "boom" in line
+    assert sorted(p.name for p in out.iterdir()) == ["x0.npy", "x0.png", "x2.npy", "x2.png"]
+
+
+def test_stale_temporary_files_of_dead_runs_are_removed(tmp_path, tiny_weights):
+    """A SIGKILLed run leaves ``.NAME.PID-HEX.tmp`` files; the next run removes those whose
+    process is gone, and keeps a live process's and anything that only looks similar."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is no longer a process (reused only after the pid space wraps)
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    stale = [
+        out / f".x.png.{dead.pid}-0123abcd.tmp",
+        out / "sub" / f".y.npy.{dead.pid}-ffff0000.tmp",
+    ]
+    kept = [out / f".z.png.{os.getpid()}-0123abcd.tmp", out / "notes.tmp", out / ".a.1-xyz.tmp"]
+    for path in stale + kept:
+        path.write_bytes(b"partial")
+    result = run(["explain", write_npy(tmp_path / "x.npy"), *tiny_model(tiny_weights), "-o", out])
+    assert result.exit_code == 0, result.stderr
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in kept)
+
+
+@pytest.mark.parametrize("planned, actual", [(2, 3), (3, 2), (2, None), (None, 2)])
+def test_a_npy_that_changes_after_planning_is_explained_as_it_is(
+    tmp_path, tiny_weights, monkeypatch, planned, actual
+):
+    """The output names are planned from the .npy header; if the file is rewritten before it
+    is decoded (another process, a sync tool), the outputs follow what was actually read."""
+    from lrp_cli import explain
+
+    path = write_npy(tmp_path / "x.npy", samples=planned)
+    original = explain._npy_samples
+
+    def rewrite_after_planning(npy):
+        samples = original(npy)
+        write_npy(npy, samples=actual, seed=1)
+        return samples
+
+    monkeypatch.setattr(explain, "_npy_samples", rewrite_after_planning)
+    out = tmp_path / "out"
+    result = run(["explain", path, *tiny_model(tiny_weights), "-o", out, "--jsonl", "-"])
+    assert result.exit_code == 0, result.stderr
+    # One sample read where several were planned keeps the numbered name x.0 (the decoder
+    # hands on (1, C, H, W) either way); the names never clash with another input's.
+    stems = ["x.0"] if actual is None else [f"x.{k}" for k in range(actual)]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{s}.{e}" for s in stems for e in "png npy".split()
+    )
+    assert [r["status"] for r in records(result.stdout)] == ["explained"] * len(stems)
+    assert [Path(r["outputs"]["heatmap"]).stem for r in records(result.stdout)] == stems

@@ -282,3 +282,36 @@ def test_stabilizer_sign_of_zero_and_tiny_values(dtype):
     positive, negative = torch.empty_like(z), torch.empty_like(z)
     group_indicators(z, positive, negative)
     assert positive.tolist() == [0, 0, 1, 0, 1, 0] and negative.tolist() == [0, 0, 0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("maxpool", ["winner-take-all", "average"])
+def test_maxpool_treatments_through_a_model_match_a_hand_computation(maxpool):
+    """conv -> ReLU -> 2x2 max pool -> dense, LRP-0: each pooling window hands its relevance to
+    its largest input (winner-take-all) or to all its inputs in proportion (average)."""
+    from lrp_cli.engine import Composite, Explainer, ProportionalRule
+
+    torch.manual_seed(0)
+    conv, dense = nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.Linear(3 * 4 * 4, 2, bias=False)
+    model = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), dense).to(DT).eval()
+    x = torch.randn(1, 2, 8, 8, dtype=DT)
+    composite = Composite(default=ZeroRule(), proportional=ProportionalRule(0.0), maxpool=maxpool)
+    ours = Explainer(model, composite)(x, target=1).relevance
+
+    with torch.no_grad():
+        z = conv(x)
+        a = z.clamp_min(0)
+        windows = a.unfold(2, 2, 2).unfold(3, 2, 2)  # (1, 3, 4, 4, 2, 2)
+        pooled = windows.amax((-2, -1))
+        r_pooled = dense.weight[1].view(1, 3, 4, 4) * pooled  # LRP-0 on the dense layer
+        if maxpool == "average":  # an all-zero window (after the ReLU) has nothing to share
+            total = windows.sum((-2, -1), keepdim=True)
+            share = torch.where(total > 0, windows / total.clamp_min(1e-300), 0.0)
+        else:  # the first largest input, as max_pool2d's indices
+            flat = windows.flatten(-2)
+            share = nn.functional.one_hot(flat.argmax(-1), 4).to(DT).view_as(windows)
+        r_a = (share * r_pooled[..., None, None]).permute(0, 1, 2, 4, 3, 5).reshape(1, 3, 8, 8)
+    leaf = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((conv(leaf) * (r_a / z)).sum(), leaf)  # LRP-0 on the conv
+    torch.testing.assert_close(ours, leaf.detach() * grad, rtol=1e-10, atol=1e-12)
+    spread = ((share > 0).sum((-2, -1)) > 1).any()  # some window shares among inputs
+    assert spread == (maxpool == "average")  # the two treatments really differ here
