@@ -396,8 +396,9 @@ def test_inspect_rows_show_gates_norms_and_attention():
 # ------------------------------------------------------------------ through the command line
 @pytest.mark.parametrize(
     "name, side",
-    [("convnext_tiny", 32), ("efficientnet_b0", 32), pytest.param("vit_b_16", 224,
-     marks=pytest.mark.slow), pytest.param("swin_v2_t", 64, marks=pytest.mark.slow)],
+    [("convnext_tiny", 32), pytest.param("efficientnet_b0", 32, marks=pytest.mark.slow),
+     pytest.param("vit_b_16", 224, marks=pytest.mark.slow),
+     pytest.param("swin_v2_t", 64, marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_lrp0_conserves_through_the_command_line(tmp_path, name, side):
     import json

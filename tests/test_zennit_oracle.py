@@ -50,7 +50,14 @@ def _fold_eps_into_variance(model):
     return model
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
+# resnet18 runs by default (five presets, BatchNorm, residuals); the larger ones are slow
+SLOW_MODELS = {"vgg16", "vgg16_bn", "resnet50"}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(m, marks=pytest.mark.slow) if m in SLOW_MODELS else m for m in MODELS],
+)
 def model_case(request):
     torch.manual_seed(1)
     build, canonizer = MODELS[request.param]
