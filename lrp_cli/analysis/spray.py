@@ -251,9 +251,10 @@ class SprayResult:
     """SpRAy on one set of maps (one class). Clusters are numbered by size, largest first."""
 
     labels: np.ndarray  # (N,) cluster of each map
-    embedding: np.ndarray  # (N, k) row-normalised spectral coordinates that k-means clustered
-    spectrum: np.ndarray  # (N, m) eigenvectors of the m smallest eigenvalues (for 2-D views)
-    distances: np.ndarray  # (N,) distance of each map to its cluster's centre, in the embedding
+    embedding: np.ndarray  # (N, m) row-normalised eigenvectors of the m smallest eigenvalues
+    spectrum: np.ndarray  # (N, m) the eigenvectors as they are (for 2-D views)
+    distances: np.ndarray  # (N,) to its cluster's mean in ``embedding``
+    # k-means clustered the first k eigenvectors, rows normalised again
     eigenvalues: np.ndarray  # (m,) smallest eigenvalues of the normalised Laplacian, ascending
     k: int
     chosen_by: str  # "eigengap" or "fixed"
@@ -297,14 +298,16 @@ def analyse(
     values, vectors = spectral_embedding(affinity, count, seed)
     gap_k, _ = choose_clusters(values[:eigenvalues])
     k = clusters if clusters is not None else gap_k
-    embedding = vectors[:, :k] / np.maximum(np.linalg.norm(vectors[:, :k], axis=1), 1e-12)[:, None]
     if k == 1:
         raw = np.zeros(n, dtype=np.int64)
-        centres = embedding.mean(axis=0, keepdims=True)
     else:
-        kmeans = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(embedding)
-        raw, centres = kmeans.labels_, kmeans.cluster_centers_
-    labels, centres = _by_size(raw, centres)
+        kmeans = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(_rows(vectors[:, :k]))
+        raw = kmeans.labels_
+    labels = _by_size(raw, k)
+    # distances in all m coordinates: k groups that are disconnected in the graph sit on one
+    # point each in the first k, which would make every member equally "typical"
+    embedding = _rows(vectors)
+    centres = np.stack([embedding[labels == c].mean(axis=0) for c in range(k)])
     distances = np.linalg.norm(embedding - centres[labels], axis=1)
     found = _clusters(affinity, labels, distances, k)
     atypical = max(found, key=lambda c: c.atypicality).index if k > 1 else None
@@ -325,13 +328,18 @@ def analyse(
     )
 
 
-def _by_size(labels: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Renumber clusters by size, largest first (ties: the lower k-means number first)."""
-    sizes = np.bincount(labels, minlength=len(centres))
-    order = np.lexsort((np.arange(len(sizes)), -sizes))
+def _rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (Ng, Jordan and Weiss's spectral clustering)."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)[:, None]
+
+
+def _by_size(labels: np.ndarray, k: int) -> np.ndarray:
+    """Clusters renumbered by size, largest first (ties: the lower k-means number first)."""
+    sizes = np.bincount(labels, minlength=k)
+    order = np.lexsort((np.arange(k), -sizes))
     rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    return rank[labels], centres[order]
+    rank[order] = np.arange(k)
+    return rank[labels]
 
 
 def _clusters(affinity, labels: np.ndarray, distances: np.ndarray, k: int) -> list[Cluster]:
@@ -410,8 +418,8 @@ def view_2d(
     """``(indices, (len(indices), 2) coordinates)``: a 2-D picture of the spectral embedding.
 
     ``tsne`` (perplexity 30, or less for few maps; 500 iterations) of the eigenvectors;
-    ``spectral``: the first two non-trivial eigenvectors. Above ``limit`` maps a seeded random subset is shown, since
-    t-SNE's cost grows with N and a picture cannot show more points anyway.
+    ``spectral``: the first two non-trivial eigenvectors. Above ``limit`` maps a seeded random
+    subset is shown, since t-SNE's cost grows with N and a picture cannot show more anyway.
     """
     n = len(result.labels)
     indices = np.arange(n)
