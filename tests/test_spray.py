@@ -283,6 +283,22 @@ def test_the_report_is_self_contained(report):
     assert "eigengap: k = 2" in page
 
 
+def test_a_folder_without_records_is_one_group_and_class_picks_classes(tmp_path):
+    run = fake_run(tmp_path / "run")
+    (run / "records.jsonl").unlink()
+    bare = CliRunner().invoke(main, ["spray", "--from", str(run), "-o", str(tmp_path / "a")])
+    assert bare.exit_code == 0, bare.output
+    assert "classes are unknown: one group" in bare.output
+    data = json.loads((tmp_path / "a/spray.json").read_text())
+    assert [(c["class"], c["maps"], c["clusters"]) for c in data["classes"]] == [(None, 60, 3)]
+    run = fake_run(tmp_path / "run2")
+    args = ["spray", "--from", str(run / "records.jsonl"), "--class", "TWO", "-q"]
+    only = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "b")])
+    assert only.exit_code == 0 and only.stdout == ""
+    data = json.loads((tmp_path / "b/spray.json").read_text())
+    assert [c["class"] for c in data["classes"]] == [2]
+
+
 def test_spray_explains_inputs_and_a_rerun_from_its_maps_agrees(tmp_path, monkeypatch):
     (tmp_path / "sprayme.py").write_text(
         "import torch\n"

@@ -425,8 +425,7 @@ def view_2d(
     indices = np.arange(n)
     if n > limit:
         indices = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-    data = result.spectrum[indices].astype(np.float64)
-    data /= np.maximum(np.linalg.norm(data, axis=1), 1e-12)[:, None]
+    data = result.embedding[indices].astype(np.float64)
     if method == "spectral" or len(indices) < 8 or data.shape[1] < 3:
         coords = np.zeros((len(indices), 2))
         part = result.spectrum[indices, 1:3]
