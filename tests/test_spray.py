@@ -131,6 +131,21 @@ def test_same_seed_same_result_and_the_seed_is_used():
     assert not np.array_equal(first.embedding, other.embedding)  # another start vector
 
 
+def test_no_n_by_n_matrix_is_allocated():
+    import tracemalloc
+
+    x, groups = blobs([3000, 2000, 1000], dim=32, spread=0.3, seed=5)
+    x = x.astype(np.float32)
+    tracemalloc.start()
+    try:
+        result = sp.analyse(x)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.k == 3 and same_partition(result.labels, groups)
+    assert peak < 0.25 * len(x) ** 2 * 8  # a dense float64 N x N would be 288 MB
+
+
 def test_downscale_averages_blocks_and_normalise_removes_the_scale():
     maps = np.arange(2 * 64 * 64, dtype=np.float32).reshape(2, 64, 64)
     small = sp.downscale(maps, 32)
