@@ -95,6 +95,13 @@ def test_eigengap_finds_the_number_of_blocks_of_a_block_diagonal_affinity(k):
     np.testing.assert_allclose(values[:k], 0, atol=1e-9)
 
 
+def test_more_disconnected_groups_than_eigenvalues_give_that_many_clusters():
+    x, groups = blobs([12] * 14, dim=16, spread=0.01, seed=6)
+    result = sp.analyse(x, neighbors=4, eigenvalues=6)
+    assert result.k == 6 and np.all(result.eigenvalues < 1e-9)
+    assert all(len(set(result.labels[groups == g])) == 1 for g in range(14))  # none is split
+
+
 @pytest.mark.parametrize("sizes", [[60, 40], [50, 30, 20], [40, 30, 20, 15, 10]])
 def test_spray_recovers_separated_groups_with_k_from_the_eigengap(sizes):
     x, groups = blobs(sizes)

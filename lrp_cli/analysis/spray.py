@@ -217,8 +217,10 @@ def choose_clusters(eigenvalues: Sequence[float], floor: float = 0.01) -> tuple[
     it is after k = 5, where relative steps pick k = 1). k = 1: no split stands out.
     """
     values = np.asarray(eigenvalues, dtype=np.float64)
-    if len(values) < 2 or not values[-1] > 0:
+    if len(values) < 2:
         return 1, 1.0
+    if not values[-1] > 0:  # more disconnected groups than eigenvalues: as many as there are
+        return len(values), 1.0
     values = np.maximum(values, floor * values[-1])
     ratios = values[1:] / values[:-1]
     k = int(np.argmax(ratios)) + 1
