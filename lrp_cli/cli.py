@@ -297,6 +297,20 @@ _config_option = _option(
 )
 
 
+_start_option = _option(
+    "--start",
+    type=click.Choice(["logit", "log-odds"]),
+    default="logit",
+    help="Where relevance starts: the target's logit, or its log-odds log p/(1-p) "
+    "(Montavon et al.'s top layer: softmin over the class margins, LRP-0 on the last layer).",
+)
+_cam_layer_option = _option(
+    "--cam-layer",
+    metavar="NAME",
+    help="Module whose output Grad-CAM uses (default: the last one with a spatial output).",
+)
+
+
 def _configs_option(default: list[str], help: str) -> Callable:
     """``-c/--config`` given several times: the configs (or baselines) to put side by side."""
     return _option(
@@ -413,6 +427,7 @@ def main() -> None:
     type=click.IntRange(min=0),
     help="Image-decoding processes (default: up to 4, fewer than the CPU cores).",
 )
+@_start_option
 @_option("-q", "--quiet", is_flag=True, help="Print errors only: no progress, no summary.")
 def explain(inputs: tuple[str, ...], **opt: Any) -> None:
     """Explain images: heatmaps, relevance arrays and records.
@@ -599,28 +614,38 @@ def inspect(**opt: Any) -> None:
     "--baseline",
     type=_Names(_evaluate_names("BASELINES")),
     default="random",
-    help="Comparison methods: random, gradient, gradient-x-input (comma-separated; none).",
+    help="Comparison methods: random, gradient, gradient-x-input, gradcam (comma-separated; none).",
 )
+@_cam_layer_option
 @_option("--region", type=click.IntRange(min=1), default=9, help="Side of the square regions.")
 @_option("--steps", type=click.IntRange(min=1), default=100, help="Regions perturbed in all.")
 @_option(
     "--perturbation",
     type=_Names(_evaluate_names("PERTURBATIONS"), single=True),
     default="uniform",
-    help="Replace regions by: uniform (noise), blur or constant (0).",
+    help="Replace regions by: uniform (noise), blur, constant (0) or road (ROAD's noisy "
+    "linear imputation from the neighbouring pixels).",
+)
+@_option(
+    "--noise",
+    type=click.FloatRange(min=0),
+    default=0.01,
+    help="Standard deviation of ROAD's noise (normalised input units).",
 )
 @_option(
     "--order",
     type=_Names(_evaluate_names("ORDERS")),
-    default="morf",
-    help="Orders: morf (most relevant first), lerf (least relevant first), random.",
+    default="morf,lerf",
+    help="Orders: morf (most relevant first), lerf (least relevant first), random; "
+    "morf and lerf together give the SRG.",
 )
 @_option(
     "--score",
     type=_Names(_evaluate_names("SCORES"), single=True),
     default="logit",
-    help="What is measured: the target's logit or its probability.",
+    help="What is measured: the target's logit, its probability or its log-odds.",
 )
+@_start_option
 @_option("-t", "--target", default="top1", help="Class: top1, a class index or a class name.")
 @_option("--seed", type=int, default=0, help="Seed of the noise and random orders.")
 @_option(
@@ -671,7 +696,10 @@ def evaluate(inputs: tuple[str, ...], **opt: Any) -> None:
     with _before_work():
         rules = [load_config(name) for name in opt["configs"]]
         loaded = _load_model(opt)
-        names = "device precision target region steps perturbation score seed batch_size"
+        names = (
+            "device precision target region steps perturbation score seed batch_size start "
+            "noise cam_layer"
+        )
         settings = {name: opt[name] for name in names.split()}
         evaluation = Evaluation(loaded, rules, opt["baseline"], orders=opt["order"], **settings)
     if not opt["quiet"]:
@@ -689,6 +717,8 @@ def evaluate(inputs: tuple[str, ...], **opt: Any) -> None:
         _say_error(message)
     if results:
         _print_results(results, evaluation)
+        if not opt["quiet"]:
+            _say(evaluation.timing())
         _write_results(results, opt["json_path"], opt["plot"], evaluation)
     sys.exit(EXIT_FAILED if problems or failures or errors else 0)
 
@@ -705,14 +735,16 @@ def _print_results(results, evaluation) -> None:
 
     table = Table(
         title=f"region perturbation: {evaluation.describe()}",
-        caption="mean ± spread (std) over images; MoRF: larger AOPC is better",
+        caption="mean ± spread (std) over images. SRG = AUC(LeRF) - AUC(MoRF): larger is "
+        "better, a random map gives about 0. MoRF: larger AOPC is better; LeRF: smaller",
     )
-    for column in ("method", "order", "AOPC", "AUC", "images"):
+    for column in ("method", "order", "SRG", "AOPC", "AUC", "images"):
         table.add_column(column, justify="left" if column in ("method", "order") else "right")
     for r in results:
         table.add_row(
             r.method,
             r.order,
+            "" if r.srg is None else f"{r.srg:.4g} ± {r.srg_std:.2g}",
             f"{r.aopc:.4g} ± {r.aopc_std:.2g}",
             f"{r.auc:.4g} ± {r.auc_std:.2g}",
             str(len(r.per_image)),
@@ -743,7 +775,7 @@ def _write_results(results, json_path: Path | None, plot: Path | None, evaluatio
 @_model_options
 @_configs_option(
     ["epsilon", "epsilon-plus-flat", "epsilon-gamma-box", "gradient"],
-    "A column: a preset, a YAML file, or the baseline gradient or gradient-x-input; "
+    "A column: a preset, a YAML file, or the baseline gradient, gradient-x-input or gradcam; "
     "repeat for more columns, drawn in the order given.",
 )
 @_option("-t", "--target", default="top1", help="Class: top1, a class index or a class name.")
@@ -772,6 +804,8 @@ def _write_results(results, json_path: Path | None, plot: Path | None, evaluatio
 )
 @_option("--batch-size", type=click.IntRange(min=1), default=8, help="Inputs per engine call.")
 @_device_options
+@_start_option
+@_cam_layer_option
 @_option("-q", "--quiet", is_flag=True, help="Print errors only: no warnings, no summary.")
 def compare(inputs: tuple[str, ...], **opt: Any) -> None:
     """Heatmaps of several rule configs side by side, one picture per input.
@@ -800,7 +834,7 @@ def compare(inputs: tuple[str, ...], **opt: Any) -> None:
     with _before_work():
         loaded = _load_model(opt)  # not via a config: one bad column must not stop the others
         settings = ("target", "shared_scale", "cmap", "batch_size", "device", "precision",
-                    "max_pixels")  # fmt: skip
+                    "max_pixels", "start", "cam_layer")  # fmt: skip
         result = draw(loaded, items, opt["configs"], opt["out"], grid=opt["grid"],
                       **{key: opt[key] for key in settings})  # fmt: skip
     if not opt["quiet"]:

@@ -74,6 +74,8 @@ class ExplainOptions:
     ``existing``: what to do when an input's outputs exist: ``"error"`` (that input fails),
     ``"overwrite"``, or ``"skip"`` (resume: an input counts as done when all its outputs exist).
     ``vmax``: fixed colour-scale limit (comparable maps); None scales each map to its max |R|.
+    ``start``: where relevance starts: ``"logit"`` (the target's logit) or ``"log-odds"``
+    (Montavon et al.'s top layer; see :class:`lrp_cli.engine.Explainer`).
     """
 
     out: Path = Path("lrp-out")
@@ -88,6 +90,7 @@ class ExplainOptions:
     existing: str = "error"
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     workers: int | None = None  # decoding processes; None: up to 4, fewer than the cores
+    start: str = "logit"
 
 
 @dataclass
@@ -128,12 +131,17 @@ def resolve_target(model: LoadedModel, target: str | int | None) -> int | None:
 
 
 def build_explainer(
-    model: LoadedModel, config: RuleConfig, device: str = "cpu", precision: str = "float32"
+    model: LoadedModel,
+    config: RuleConfig,
+    device: str = "cpu",
+    precision: str = "float32",
+    start: str = "logit",
 ) -> tuple[Explainer, list[str]]:
     """The engine for ``model`` under ``config``, and its warnings as one-line messages.
 
     The warnings (config entries that match no layer) are collected, not printed, so that the
     caller can show each once. The model is moved to ``device`` and ``precision`` in place.
+    ``start``: ``"logit"`` or ``"log-odds"``, where relevance starts (see ``Explainer``).
     Raises the engine's ``UnsupportedModelError`` / ``CompositeError`` and :class:`SetupError`.
     """
     import torch
@@ -146,7 +154,10 @@ def build_explainer(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         explainer = Explainer(
-            model.module, config.composite(), input_bounds=model.preprocessing.bounds()
+            model.module,
+            config.composite(),
+            input_bounds=model.preprocessing.bounds(),
+            start=start,
         )
     return explainer, [" ".join(str(w.message).split()) for w in caught]
 
@@ -247,7 +258,7 @@ class BatchExplainer:
         self.device = resolve_device(options.device)
         self.dtype = getattr(torch, options.precision, None)
         self.explainer, self.warnings = build_explainer(
-            model, config, self.device.type, options.precision
+            model, config, self.device.type, options.precision, options.start
         )
         self.out_dir = Path(options.out)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,13 +15,16 @@ from lrp_cli.analysis.evaluate import (
     MethodResult,
     aopc,
     area_under_curve,
+    gradcam_attribution,
     gradient_attribution,
     gradient_x_input_attribution,
+    noisy_linear_imputation,
     plot_curves,
     random_attribution,
     region_perturbation_curve,
     results_to_json,
     summarize,
+    symmetric_relevance_gain,
 )
 
 
@@ -114,12 +118,13 @@ def test_constant_curve_matches_exact_contributions_with_partial_edge_regions():
     torch.testing.assert_close(curves4, curves)
 
 
-@pytest.mark.parametrize("perturbation", ["constant", "uniform"])
+@pytest.mark.parametrize("perturbation", ["constant", "uniform", "blur", "road"])
 def test_true_ordering_beats_random_beats_reverse(perturbation):
     # 16 images: a single random order varies a lot from image to image
-    model, x, target = make_linear(n=16, h=24, w=24)
+    side = 16 if perturbation == "road" else 24  # ROAD solves a linear system per step
+    model, x, target = make_linear(n=16, h=side, w=side)
     truth = true_attribution(model, x)
-    kw = dict(region=4, steps=24, perturbation=perturbation)
+    kw = dict(region=4, steps=side, perturbation=perturbation, batch_size=64)
 
     def score(attr, order, seed=0):
         curves = region_perturbation_curve(
@@ -133,6 +138,17 @@ def test_true_ordering_beats_random_beats_reverse(perturbation):
     lerf = score(truth, "lerf")
     assert best > max(rand) > min(rand) > worst
     assert lerf < best
+    # and the symmetric relevance gain: the truth's is positive, its negation's the opposite
+    srg = {}
+    for sign in (1, -1):
+        morf, lerf_curves = (
+            region_perturbation_curve(
+                model, x, sign * truth, target, order=o, generator=gen(), **kw
+            )
+            for o in ("morf", "lerf")
+        )
+        srg[sign] = float(symmetric_relevance_gain(morf, lerf_curves).mean())
+    assert srg[1] > 0 > srg[-1]
     if perturbation == "constant":
         # exact: LeRF of the truth is MoRF of its negation, and the truth is optimal
         assert lerf == pytest.approx(worst)
@@ -268,9 +284,10 @@ def test_cuda_matches_cpu():
         (dict(steps=0), r"steps must be an integer >= 1"),
         (dict(region=4, steps=10), r"steps must be at most the number of regions, 9"),
         (dict(batch_size=0), r"batch_size must be an integer >= 1"),
-        (dict(perturbation="noise"), r"perturbation must be one of 'uniform', 'blur', 'constant'"),
+        (dict(perturbation="noise"), r"must be one of 'uniform', 'blur', 'constant', 'road'"),
         (dict(order="best"), r"order must be one of 'morf', 'lerf', 'random'"),
-        (dict(score="softmax"), r"score must be one of 'logit', 'probability'"),
+        (dict(score="softmax"), r"score must be one of 'logit', 'probability', 'log-odds'"),
+        (dict(perturbation="road", noise=-1.0), r"noise must be a number >= 0"),
         (dict(perturbation="blur", sigma=0), r"sigma must be a number > 0"),
         (dict(bounds=((0, 0), (1, 1))), r"bounds\[0\] \(low\) must be a number or 3 per-channel"),
         (dict(bounds=(0,)), r"bounds must be a \(low, high\) pair"),
@@ -319,7 +336,7 @@ def test_aopc_and_auc_on_known_curves():
 def test_baselines_on_linear_model():
     model, x, _ = make_linear(n=2, h=6, w=6)
     w = model.weight.detach()
-    assert set(BASELINES) == {"random", "gradient", "gradient-x-input"}
+    assert set(BASELINES) == {"random", "gradient", "gradient-x-input", "gradcam"}
     torch.testing.assert_close(
         gradient_attribution(model, x, [0, 0]), w.abs().sum(0).expand(2, 6, 6)
     )
@@ -328,8 +345,9 @@ def test_baselines_on_linear_model():
         BASELINES["gradient-x-input"](model, x, [1, 1], None), -(w * x).sum(1)
     )
     assert model.weight.grad is None  # no parameter gradients left behind
-    for fn in BASELINES.values():
-        assert fn(model, x, torch.tensor([0, 1]), gen()).shape == (2, 6, 6)
+    for name, fn in BASELINES.items():
+        if name != "gradcam":  # a linear model has no spatial layer (tested below)
+            assert fn(model, x, torch.tensor([0, 1]), gen()).shape == (2, 6, 6)
 
 
 def test_summarize_and_json_shape():
@@ -339,6 +357,7 @@ def test_summarize_and_json_shape():
     assert res.aopc == pytest.approx((2 / 3 + 0.5) / 2)
     assert res.aopc_std == pytest.approx(abs(2 / 3 - 0.5) / 2)
     assert res.curve == pytest.approx([1.0, 0.25, 0.0])
+    assert res.srg is None and res.srg_std is None
     assert res.curve_std == pytest.approx([0.0, 0.25, 0.0])
     rnd = summarize("random", "random", curves[:1], ["a.png"])
     assert rnd.aopc_std == 0.0
@@ -348,13 +367,14 @@ def test_summarize_and_json_shape():
     )
     assert set(doc) == {"steps", "results"} and doc["steps"] == 2
     first = doc["results"][0]
-    assert set(first) == {"method", "order", "aopc", "auc", "curve", "per_image"}
+    old = {"method", "order", "aopc", "auc", "curve", "per_image"}
+    assert set(first) == old | {"aopc_std", "auc_std", "srg", "srg_std"}
     assert first["method"] == "lrp" and first["order"] == "morf"
     assert isinstance(first["aopc"], float) and isinstance(first["auc"], float)
     assert len(first["curve"]) == 3 and all(isinstance(v, float) for v in first["curve"])
     assert first["per_image"] == [
-        {"input": "a.png", "aopc": pytest.approx(2 / 3)},
-        {"input": "sub/b.png", "aopc": pytest.approx(0.5)},
+        {"input": "a.png", "aopc": pytest.approx(2 / 3), "auc": pytest.approx(0.25)},
+        {"input": "sub/b.png", "aopc": pytest.approx(0.5), "auc": pytest.approx(0.5)},
     ]
     assert all(math.isfinite(v) for v in first["curve"])
 
@@ -378,3 +398,192 @@ def test_plot_curves_writes_png_atomically(tmp_path):
     assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     plot_curves(results, out)  # replaces an existing file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
+
+
+# --- the symmetric relevance gain and the log-odds score ---------------------------------------
+
+
+def test_symmetric_relevance_gain_arithmetic():
+    morf = torch.tensor([[1.0, 0.0, 0.0], [2.0, 1.0, 0.0]])  # AUC 0.25, 1.0
+    lerf = torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 0.0]])  # AUC 1.0, 1.5
+    srg = symmetric_relevance_gain(morf, lerf)
+    torch.testing.assert_close(srg, torch.tensor([0.75, 0.5]))
+    torch.testing.assert_close(srg, area_under_curve(lerf) - area_under_curve(morf))
+    res = summarize("lrp", "morf", morf, ["a", "b"], srg=srg)
+    assert res.srg == pytest.approx(0.625) and res.srg_std == pytest.approx(0.125)
+    assert [p["srg"] for p in res.per_image] == pytest.approx([0.75, 0.5])
+    assert res.to_json()["srg"] == pytest.approx(0.625)
+    with pytest.raises(ValueError, match="same shape"):
+        symmetric_relevance_gain(morf, lerf[:, :2])
+    with pytest.raises(ValueError, match="one value per curve"):
+        summarize("lrp", "morf", morf, ["a", "b"], srg=srg[:1])
+
+
+def test_log_odds_score():
+    model, x, target = make_linear(n=2, h=12, w=12)
+    x = x * 0.05
+    truth = true_attribution(model, x)
+    curves = region_perturbation_curve(model, x, truth, target, region=4, steps=3, score="log-odds")
+    p = torch.softmax(model(x).detach().double(), 1)[:, 0]
+    torch.testing.assert_close(curves[:, 0].double(), torch.log(p / (1 - p)), rtol=1e-5, atol=1e-5)
+
+
+# --- ROAD's noisy linear imputation ------------------------------------------------------------
+
+
+def test_road_imputation_by_hand_on_a_3x3_image():
+    # pixels (1, 1) and (1, 2) removed; weights 1/6 direct, 1/12 diagonal neighbours
+    v = torch.arange(1.0, 10.0, dtype=torch.float64).view(1, 1, 3, 3) ** 1.5
+    removed = torch.zeros(1, 3, 3, dtype=torch.bool)
+    removed[0, 1, 1] = removed[0, 1, 2] = True
+    a = v[0, 0]
+    d, e = 1 / 6, 1 / 12
+    # centre: all 8 neighbours in the image (weights sum to 1); one of them, (1, 2), unknown
+    #   u1 = e(a00 + a02 + a20 + a22) + d(a01 + a10 + a21) + d u2
+    k1 = e * (a[0, 0] + a[0, 2] + a[2, 0] + a[2, 2]) + d * (a[0, 1] + a[1, 0] + a[2, 1])
+    # right edge: neighbours (0,1)e (0,2)d (1,1)d (2,1)e (2,2)d, weights sum 2/3
+    #   (2/3) u2 = e(a01 + a21) + d(a02 + a22) + d u1
+    k2 = e * (a[0, 1] + a[2, 1]) + d * (a[0, 2] + a[2, 2])
+    # [[1, -d], [-d, 2/3]] (u1, u2) = (k1, k2): Cramer's rule
+    det = 1 * (2 / 3) - d * d
+    u1 = (k1 * (2 / 3) + d * k2) / det
+    u2 = (k2 + d * k1) / det
+    out = noisy_linear_imputation(v, removed, noise=0.0, tol=1e-14)
+    expected = v.clone()
+    expected[0, 0, 1, 1], expected[0, 0, 1, 2] = u1, u2
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    # a single removed corner: the weighted mean of its three neighbours
+    corner = torch.zeros(1, 3, 3, dtype=torch.bool)
+    corner[0, 0, 0] = True
+    out = noisy_linear_imputation(v, corner, noise=0.0)
+    mean = (d * a[0, 1] + d * a[1, 0] + e * a[1, 1]) / (2 * d + e)
+    assert float(out[0, 0, 0, 0]) == pytest.approx(float(mean), abs=1e-9)
+    # the noise: only on removed pixels, drawn from the generator
+    noisy = noisy_linear_imputation(v, corner, noise=0.5, generator=gen(3))
+    assert torch.equal(noisy[~corner[:, None].expand_as(v)], v[~corner[:, None].expand_as(v)])
+    field = torch.randn(1, 1, 3, 3, generator=gen(3), dtype=torch.float32).double()
+    assert float(noisy[0, 0, 0, 0]) == pytest.approx(float(mean + 0.5 * field[0, 0, 0, 0]))
+    # everything removed: nothing to impute from
+    assert torch.equal(
+        noisy_linear_imputation(v, torch.ones(1, 3, 3, dtype=torch.bool), noise=0.0),
+        torch.zeros_like(v),
+    )
+
+
+def test_road_imputation_equals_quantus():
+    pytest.importorskip("quantus")
+    from quantus.functions.perturb_func import noisy_linear_imputation as quantus_impute
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 9, 11, generator=g, dtype=torch.float64)
+    removed = torch.rand(2, 9, 11, generator=g) < 0.45
+    ours = noisy_linear_imputation(x, removed, noise=0.0, tol=1e-13)
+    for i in range(2):
+        indices = torch.nonzero(removed[i].flatten()).flatten().numpy()
+        theirs = quantus_impute(x[i].numpy().copy(), indices, noise=0.0)
+        torch.testing.assert_close(ours[i], torch.from_numpy(theirs), rtol=0, atol=1e-10)
+    # float32
+    ours32 = noisy_linear_imputation(x.float(), removed, noise=0.0, tol=1e-5)
+    torch.testing.assert_close(ours32.double(), ours, rtol=0, atol=1e-5)
+
+
+def test_road_curves_equal_a_direct_loop_over_quantus_imputations():
+    pytest.importorskip("quantus")
+    from quantus.functions.perturb_func import noisy_linear_imputation as quantus_impute
+
+    model = SmallConv().eval()
+    x = torch.randn(2, 3, 12, 12, generator=gen(5))
+    attr = torch.randn(2, 12, 12, generator=gen(6))
+    target, region, steps, noise = [1, 3], 3, 10, 0.05
+    for order in ("morf", "lerf"):
+        curves = region_perturbation_curve(
+            model, x, attr, target, region=region, steps=steps, perturbation="road",
+            order=order, noise=noise, tol=1e-7, generator=gen(7), batch_size=4,
+        )  # fmt: skip
+        field = torch.randn(2, 3, 12, 12, generator=gen(7))  # drawn first, once per image
+        sums = attr.view(2, 4, 3, 4, 3).sum(dim=(2, 4)).flatten(1)
+        ranks = torch.argsort(sums, dim=1, descending=order == "morf", stable=True)
+        expected = torch.empty(2, steps + 1)
+        with torch.no_grad():
+            for i in range(2):
+                for k in range(steps + 1):
+                    mask = torch.zeros(16, dtype=torch.bool)
+                    mask[ranks[i, :k]] = True
+                    pixels = mask.view(4, 1, 4, 1).expand(4, 3, 4, 3).reshape(12, 12)
+                    indices = torch.nonzero(pixels.flatten()).flatten().numpy()
+                    imputed = torch.from_numpy(
+                        quantus_impute(x[i].double().numpy(), indices, noise=0.0)
+                    ).float()
+                    imputed = imputed + pixels * (noise * field[i])
+                    expected[i, k] = model(imputed[None])[0, target[i]]
+        torch.testing.assert_close(curves, expected, rtol=1e-5, atol=1e-5)
+
+
+# --- Quantus's RegionPerturbation as the oracle -----------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["morf", "lerf"])
+def test_constant_curves_equal_quantus_region_perturbation(order):
+    quantus = pytest.importorskip("quantus")
+    model = SmallConv().eval()
+    x = torch.randn(3, 3, 16, 16, generator=gen(8))
+    attr = torch.randn(3, 16, 16, generator=gen(9))  # continuous: no ties in the order
+    target = torch.tensor([0, 2, 4])
+    curves = region_perturbation_curve(
+        model, x, attr, target, region=4, steps=16, perturbation="constant", order=order
+    )
+    metric = quantus.RegionPerturbation(
+        patch_size=4,
+        order=order,
+        regions_evaluation=16,
+        perturb_baseline=0.0,
+        normalise=False,
+        abs=False,
+        disable_warnings=True,
+        display_progressbar=False,
+    )
+    drops = metric(
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=target.numpy(),
+        a_batch=attr[:, None].numpy(),
+        device="cpu",
+        softmax=False,
+    )
+    # Quantus records f(x) - f(x^(k)) for k = 1..steps
+    theirs = torch.from_numpy(np.asarray(drops, dtype=np.float32))
+    torch.testing.assert_close(curves[:, :1] - curves[:, 1:], theirs, rtol=0, atol=1e-5)
+
+
+# --- Grad-CAM ----------------------------------------------------------------------------------
+
+
+def test_gradcam_equals_a_direct_computation():
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+    ).eval()
+    x = torch.randn(2, 3, 8, 8, generator=gen(4))
+    target = torch.tensor([1, 4])
+    cam = gradcam_attribution(model, x, target)  # default layer: "3", the last spatial one
+    with torch.no_grad():
+        a = model[:4](x)  # (2, 6, 4, 4)
+    # the logit is w_c . mean(A): d f_c / d A_k(ij) = w_ck / 16, so alpha_k = w_ck / 16
+    alpha = model[6].weight.detach()[target] / 16
+    direct = torch.relu((alpha[:, :, None, None] * a).sum(1, keepdim=True))
+    direct = torch.nn.functional.interpolate(direct, size=(8, 8), mode="bilinear")[:, 0]
+    torch.testing.assert_close(cam, direct)
+    # a chosen layer: the first convolution's ReLU, at full resolution
+    first = gradcam_attribution(model, x, target, layer="1")
+    assert first.shape == (2, 8, 8) and not torch.allclose(first, cam)
+    with pytest.raises(ValueError, match="not a module of the model"):
+        gradcam_attribution(model, x, target, layer="99")
+    linear, xl, _ = make_linear(n=2, h=6, w=6)
+    with pytest.raises(ValueError, match="spatial"):
+        gradcam_attribution(linear, xl, 0)

@@ -48,13 +48,12 @@ from ..outputs import (
     render_heatmap,
     save_png,
 )
-from . import evaluate
 from .evaluate_run import _baseline, _lrp
 
 __all__ = ["COMPARE_BASELINES", "Column", "CompareResult", "compare", "header", "resolve_columns"]
 
 #: Baselines of ``lrp evaluate`` that make sense as pictures (``random`` does not).
-COMPARE_BASELINES = ("gradient", "gradient-x-input")
+COMPARE_BASELINES = ("gradient", "gradient-x-input", "gradcam")
 PAD = 2  # grey border of a cell: white (zero) edges of neighbouring heatmaps stay apart
 MIN_TILE = 128  # tiles of small models are enlarged so that captions fit
 _BORDER, _NA, _WHITE, _INK = (160, 160, 160), (225, 225, 225), (255, 255, 255), (0, 0, 0)
@@ -84,7 +83,12 @@ class CompareResult:
 
 
 def resolve_columns(
-    model: LoadedModel, specs: Sequence[str], device: str = "cpu", precision: str = "float32"
+    model: LoadedModel,
+    specs: Sequence[str],
+    device: str = "cpu",
+    precision: str = "float32",
+    start: str = "logit",
+    cam_layer: str | None = None,
 ) -> tuple[list[Column], list[str]]:
     """Columns for ``specs`` (presets, YAML files, baselines), in order, and engine warnings.
 
@@ -95,11 +99,11 @@ def resolve_columns(
     for spec in dict.fromkeys(str(s) for s in specs):
         specs_of.append(spec)
         if spec in COMPARE_BASELINES:
-            columns.append(Column(spec, _baseline(model.module, evaluate.BASELINES[spec], 0)))
+            columns.append(Column(spec, _baseline(model.module, spec, 0, cam_layer)))
             continue
         try:
             config = load_config(spec)
-            explainer, caught = build_explainer(model, config, device, precision)
+            explainer, caught = build_explainer(model, config, device, precision, start)
         except (ValueError, TypeError, RuntimeError) as error:  # ConfigError, CompositeError...
             label = Path(spec).stem if Path(spec).suffix in (".yaml", ".yml") else spec
             columns.append(Column(label, problem=error_reason(error)))
@@ -129,13 +133,17 @@ def compare(
     precision: str = "float32",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
+    start: str = "logit",
+    cam_layer: str | None = None,
 ) -> CompareResult:
     """Write ``OUT/NAME.compare.png`` per input and, with ``grid``, all rows in one picture.
 
     Each column is computed for all inputs at once, ``batch_size`` inputs per engine call.
     Heatmaps are scaled symmetrically to their own max |R|, or with ``shared_scale`` to the
     largest max |R| of their row. ``tile`` is the heatmap side in pixels (default: the model's
-    input size, at least ``MIN_TILE``). Existing pictures are replaced (they are derived
+    input size, at least ``MIN_TILE``). ``start``: where LRP's relevance starts, ``"logit"`` or
+    ``"log-odds"``; ``cam_layer``: the module Grad-CAM reads (default: the last spatial one).
+    Existing pictures are replaced (they are derived
     views, like ``lrp evaluate --plot``). Raises :class:`SetupError` (and the model's errors
     for an unknown ``target``) before any work, or when no column can be drawn at all.
     """
@@ -149,7 +157,7 @@ def compare(
         raise SetupError(f"tile must be at least 16 pixels, got {tile}")
     fixed = resolve_target(model, target)
     where, dtype = resolve_device(device), getattr(torch, precision)
-    columns, warnings = resolve_columns(model, specs, where.type, precision)
+    columns, warnings = resolve_columns(model, specs, where.type, precision, start, cam_layer)
     model.module.to(where, dtype)  # also when every column is a baseline
     problems = [
         f"{c.label}: cannot be used with {model.name}: {c.problem}" for c in columns if c.problem

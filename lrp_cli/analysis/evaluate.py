@@ -28,16 +28,30 @@ perturbed, keeps the same values at every later step):
 * ``"blur"``: a Gaussian-blurred copy of the image (``sigma`` pixels, default ``region / 2``;
   separable kernel truncated at 3 sigma, edges replicated).
 * ``"constant"``: the value ``value`` (default 0, which is the dataset mean in normalised space).
+* ``"road"``: ROAD's noisy linear imputation (Rong et al. 2022): at every step the removed
+  pixels are solved for anew from the pixels still present, each removed pixel being the
+  weighted mean of its eight neighbours (weight 1/6 for the four direct, 1/12 for the four
+  diagonal ones, over the neighbours inside the image), then Gaussian noise of standard
+  deviation ``noise`` is added (one noise field per image, drawn once, like the replacement
+  images above). See :func:`noisy_linear_imputation`. It stays closer to the data than noise
+  patches, and leaks less of the removed shape than a constant.
 
-The score recorded for each step is the target logit (``score="logit"``) or the softmax
-probability of the target (``score="probability"``). ``curves[:, k]`` is ``f(x^(k))`` for
-``k = 0..steps``; column 0 is the unperturbed input.
+The score recorded for each step is the target logit (``score="logit"``), the softmax
+probability of the target (``score="probability"``) or its log-odds ``log p / (1 - p)``,
+computed as ``z_target - logsumexp(other logits)`` (``score="log-odds"``). ``curves[:, k]``
+is ``f(x^(k))`` for ``k = 0..steps``; column 0 is the unperturbed input.
 
 Randomness: all random numbers (noise first, then the random order) are drawn from
 ``generator`` on the generator's own device (CPU when ``generator`` is None, using torch's global
 generator) and then moved to the input's device, so the same seed gives the same numbers on the
 CPU and on CUDA. Give each method a freshly seeded generator to compare methods on identical
 noise.
+
+Both orders together give the symmetric relevance gain of Blücher et al. 2024,
+``SRG = AUC(LeRF) - AUC(MoRF)`` (:func:`symmetric_relevance_gain`): large when removing the
+most relevant regions hurts the score and removing the least relevant ones does not. Effects of
+the perturbation itself (a model that reacts to noise patches anywhere) appear in both curves
+and cancel; a random map has an SRG near 0.
 
 The model is not switched to eval mode here: the caller must do it (a model in training mode,
 with batch normalisation or dropout, would make scores depend on the batch).
@@ -47,7 +61,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,16 +78,19 @@ __all__ = [
     "area_under_curve",
     "gradient_attribution",
     "gradient_x_input_attribution",
+    "gradcam_attribution",
+    "noisy_linear_imputation",
     "plot_curves",
     "random_attribution",
     "region_perturbation_curve",
     "results_to_json",
     "summarize",
+    "symmetric_relevance_gain",
 ]
 
-PERTURBATIONS = ("uniform", "blur", "constant")
+PERTURBATIONS = ("uniform", "blur", "constant", "road")
 ORDERS = ("morf", "lerf", "random")
-SCORES = ("logit", "probability")
+SCORES = ("logit", "probability", "log-odds")
 
 # (low, high): each a number, a per-channel sequence of numbers or a tensor
 Bounds = tuple[object, object]
@@ -186,6 +202,102 @@ def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     return out
 
 
+def _neighbour_sum(p: Tensor) -> Tensor:
+    """``sum_j w_j p[neighbour j]`` over the eight neighbours inside the image, (B, H, W).
+
+    The weights are ``outer((1, 2, 1), (1, 2, 1)) / 12`` less the centre's ``4 / 12``: two
+    separable passes of shifted in-place sums (zero outside the image), cheaper than eight
+    shifted copies.
+    """
+    v = p * 2
+    v[:, 1:] += p[:, :-1]
+    v[:, :-1] += p[:, 1:]
+    out = v * 2
+    out[:, :, 1:] += v[:, :, :-1]
+    out[:, :, :-1] += v[:, :, 1:]
+    return out.div_(12).sub_(p, alpha=1 / 3)
+
+
+def _impute(x: Tensor, removed: Tensor, tol: float, max_iter: int | None) -> Tensor:
+    """The noise-free imputation: removed pixels = weighted mean of their neighbours.
+
+    For the removed pixels ``u`` this is the linear system ``d_i u_i - sum_j w_ij u_j =
+    sum_k w_ik v_k`` (``j`` removed and ``k`` kept neighbours, ``d_i`` the sum of the weights of
+    all of pixel i's neighbours inside the image), symmetric and positive definite whenever
+    some pixel is kept; it is solved by conjugate gradients on all channels and images at
+    once, until each system's residual is below ``tol`` times its right-hand side.
+    """
+    n, c, h, w = x.shape
+    m = removed.to(x.dtype).reshape(n, 1, h, w).expand(n, c, h, w).reshape(n * c, h, w)
+    known = x.reshape(n * c, h, w) * (1 - m)
+    degree = _neighbour_sum(torch.ones(1, h, w, dtype=x.dtype, device=x.device))
+    b = m * _neighbour_sum(known)
+    u = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = (r * r).sum(dim=(1, 2), keepdim=True)
+    stop = (tol**2) * rr
+    limit = max_iter if max_iter is not None else 4 * (h + w) + 100
+    for _ in range(limit):
+        if not bool((rr > stop).any()):
+            break
+        ap = m * (degree * p - _neighbour_sum(p))
+        pap = (p * ap).sum(dim=(1, 2), keepdim=True)
+        alpha = torch.where(pap > 0, rr / pap.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+        u += alpha * p
+        r -= alpha * ap
+        rr_new = (r * r).sum(dim=(1, 2), keepdim=True)
+        beta = torch.where(rr > 0, rr_new / rr.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+        p = r + beta * p
+        rr = rr_new
+    return (known + m * u).reshape(n, c, h, w)
+
+
+def noisy_linear_imputation(
+    x: Tensor,
+    removed: Tensor,
+    *,
+    noise: float = 0.01,
+    generator: torch.Generator | None = None,
+    tol: float = 1e-4,
+    max_iter: int | None = None,
+) -> Tensor:
+    """ROAD's noisy linear imputation (Rong et al. 2022) of the ``removed`` pixels of ``x``.
+
+    Each removed pixel becomes the weighted mean of its eight neighbours (1/6 direct, 1/12
+    diagonal; neighbours outside the image are left out and the weights of the others are not
+    renormalised to the border, as in the reference implementation and Quantus), removed
+    neighbours included, so all removed pixels are solved for together; kept pixels are
+    unchanged. Then Gaussian noise of standard deviation ``noise`` (in ``x``'s units) is added
+    to the removed pixels, drawn from ``generator`` (on its device, CPU when None).
+
+    Args:
+        x: (N, C, H, W) images; every channel is imputed alike.
+        removed: (N, H, W) or (N, 1, H, W) boolean mask, True where a pixel is removed.
+        tol: relative residual at which the conjugate-gradient solve stops.
+        max_iter: at most this many iterations (default ``4 (H + W) + 100``).
+
+    An image whose every pixel is removed has no data to impute from: it becomes 0 plus
+    the noise (0 is the dataset mean in normalised space).
+    """
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError("x must be a floating-point (N, C, H, W) tensor")
+    n, c, h, w = x.shape
+    if removed.shape not in ((n, h, w), (n, 1, h, w)):
+        raise ValueError(f"removed must have shape (N, H, W) = ({n}, {h}, {w})")
+    removed = removed.reshape(n, 1, h, w).to(device=x.device, dtype=torch.bool)
+    out = _impute(x, removed, float(tol), max_iter)
+    if noise:
+        field = _randn((n, c, h, w), generator).to(device=x.device, dtype=x.dtype)
+        out = out + removed * (noise * field)
+    return out
+
+
+def _randn(shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(tuple(shape), generator=generator, device=device)
+
+
 def _replacement(
     x: Tensor,
     perturbation: str,
@@ -206,6 +318,8 @@ def _replacement(
         return low + (high - low) * u
     if perturbation == "blur":
         return _gaussian_blur(x, sigma)
+    if perturbation == "road":  # the imputation is computed per step; here: its noise
+        return _randn((n, c, h, w), generator).to(device=x.device, dtype=x.dtype)
     return _per_channel("value", value, c, x).expand(n, c, h, w)
 
 
@@ -240,6 +354,8 @@ def region_perturbation_curve(
     bounds: Bounds | None = None,
     sigma: float | None = None,
     value: float | Sequence[float] | Tensor = 0.0,
+    noise: float = 0.01,
+    tol: float = 1e-4,
 ) -> Tensor:
     """Score of the target class as regions are perturbed in relevance order.
 
@@ -253,14 +369,17 @@ def region_perturbation_curve(
         steps: number of regions perturbed in total, 1 <= steps <= number of regions
             (``ceil(H / region) * ceil(W / region)``); a larger value is an error, not clamped,
             so that curves of the same length are always comparable.
-        perturbation: ``"uniform"``, ``"blur"`` or ``"constant"`` (see the module docstring).
+        perturbation: ``"uniform"``, ``"blur"``, ``"constant"`` or ``"road"`` (see the module
+            docstring).
         order: ``"morf"``, ``"lerf"`` or ``"random"``.
-        score: ``"logit"`` or ``"probability"``.
+        score: ``"logit"``, ``"probability"`` or ``"log-odds"``.
         batch_size: number of perturbed copies per forward pass.
         generator: source of the noise and of the random order.
         bounds: ``(low, high)`` for ``"uniform"``: numbers or per-channel sequences.
         sigma: Gaussian standard deviation in pixels for ``"blur"`` (default ``region / 2``).
         value: replacement for ``"constant"``: a number or per-channel sequence.
+        noise: standard deviation of ROAD's noise (``"road"``), in ``x``'s units.
+        tol: relative residual of ROAD's linear solve (:func:`noisy_linear_imputation`).
 
     Returns:
         (N, steps + 1) scores on ``x``'s device; column ``k`` is the score after ``k`` regions.
@@ -280,6 +399,9 @@ def region_perturbation_curve(
         sigma = region / 2
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
         raise ValueError(f"sigma must be a number > 0; got {sigma!r}")
+    for name, number in (("noise", noise), ("tol", tol)):
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0:
+            raise ValueError(f"{name} must be a number >= 0; got {number!r}")
     if not (bounds is None or (isinstance(bounds, (tuple, list)) and len(bounds) == 2)):
         raise ValueError(f"bounds must be a (low, high) pair; got {bounds!r}")
 
@@ -320,7 +442,11 @@ def region_perturbation_curve(
             flat = torch.arange(start, min(start + batch_size, total), device=x.device)
             img, k = flat // length, flat % length
             mask = (rank_map[img] < k[:, None, None]).unsqueeze(1)
-            out = model(torch.where(mask, replacement[img], x[img]))
+            if perturbation == "road":
+                imputed = _impute(x[img], mask, float(tol), None)
+                out = model(imputed + mask * (noise * replacement[img]))
+            else:
+                out = model(torch.where(mask, replacement[img], x[img]))
             if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != flat.shape[0]:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 raise ValueError(f"model must return (batch, classes) logits; got {got}")
@@ -328,14 +454,23 @@ def region_perturbation_curve(
                 raise ValueError(
                     f"target must be < the number of classes, {out.shape[1]}; got {target.tolist()}"
                 )
-            if score == "probability":
-                out = torch.softmax(out.float(), dim=1)
-            chunks.append(out.gather(1, target[img, None]).squeeze(1))
+            chunks.append(_score(out, target[img], score))
         if chunks:
             curves = torch.cat(chunks).view(n, length)
         else:
             curves = torch.empty(0, length, device=x.device, dtype=x.dtype)
     return curves.clone()  # a normal tensor, usable outside inference mode
+
+
+def _score(logits: Tensor, target: Tensor, score: str) -> Tensor:
+    """(B,) score of the target: its logit, probability or log-odds."""
+    if score == "probability":
+        logits = torch.softmax(logits.float(), dim=1)
+    own = logits.gather(1, target[:, None]).squeeze(1)
+    if score != "log-odds":
+        return own
+    others = logits.scatter(1, target[:, None], float("-inf"))
+    return own - torch.logsumexp(others, dim=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,12 +504,29 @@ def area_under_curve(curves: Tensor) -> Tensor:
     return torch.trapezoid(curves, dx=1.0 / (curves.shape[1] - 1), dim=1)
 
 
+def symmetric_relevance_gain(morf: Tensor, lerf: Tensor) -> Tensor:
+    """Blücher et al.'s symmetric relevance gain per image: ``AUC(LeRF) - AUC(MoRF)``.
+
+    ``morf`` and ``lerf`` are the (N, steps + 1) curves of the same images, method and
+    perturbation in the two orders; larger is better, a random map gives about 0.
+    """
+    morf, lerf = _check_curves(morf), _check_curves(lerf)
+    if morf.shape != lerf.shape:
+        raise ValueError(
+            f"morf and lerf curves must have the same shape; got {tuple(morf.shape)} "
+            f"and {tuple(lerf.shape)}"
+        )
+    return area_under_curve(lerf) - area_under_curve(morf)
+
+
 @dataclass
 class MethodResult:
     """Summary of one method and order over a set of images.
 
-    ``to_json`` gives the documented JSON shape; the spreads (population standard deviation over
-    images, 0 for a single image) and ``score`` are for tables and plots only.
+    ``to_json`` gives the documented JSON shape: the original keys (method, order, aopc, auc,
+    curve, per_image) and, beside them, the spreads (population standard deviation over
+    images, 0 for a single image) and ``srg`` / ``srg_std`` (None unless the method was
+    measured in both orders, MoRF and LeRF: then both results carry the same value).
     """
 
     method: str
@@ -387,6 +539,8 @@ class MethodResult:
     auc_std: float = 0.0
     curve_std: list[float] = field(default_factory=list)
     score: str = "logit"
+    srg: float | None = None
+    srg_std: float | None = None
 
     @property
     def steps(self) -> int:
@@ -400,6 +554,10 @@ class MethodResult:
             "auc": self.auc,
             "curve": list(self.curve),
             "per_image": [dict(p) for p in self.per_image],
+            "aopc_std": self.aopc_std,
+            "auc_std": self.auc_std,
+            "srg": self.srg,
+            "srg_std": self.srg_std,
         }
 
 
@@ -410,8 +568,13 @@ def summarize(
     inputs: Sequence[str | os.PathLike[str]],
     *,
     score: str = "logit",
+    srg: Tensor | None = None,
 ) -> MethodResult:
-    """Mean AOPC, AUC and curve over images (N, steps + 1), with per-image AOPC by input."""
+    """Mean AOPC, AUC and curve over images (N, steps + 1), with per-image values by input.
+
+    ``srg``: the per-image symmetric relevance gain (:func:`symmetric_relevance_gain`) of this
+    method, when both orders were measured; its mean and spread go into the result.
+    """
     order = _choice("order", order, ORDERS)
     score = _choice("score", score, SCORES)
     curves = _check_curves(curves).detach().double().cpu()
@@ -424,17 +587,29 @@ def summarize(
         raise ValueError("curves must hold at least one image")
     per_aopc = aopc(curves)
     per_auc = area_under_curve(curves)
+    per_image = [
+        {"input": p, "aopc": float(a), "auc": float(u)}
+        for p, a, u in zip(inputs, per_aopc, per_auc, strict=True)
+    ]
+    if srg is not None:
+        srg = srg.detach().double().cpu().reshape(-1)
+        if srg.shape[0] != curves.shape[0]:
+            raise ValueError(f"srg must hold one value per curve; got {srg.shape[0]}")
+        for entry, value in zip(per_image, srg.tolist(), strict=True):
+            entry["srg"] = value
     return MethodResult(
         method=str(method),
         order=order,
         aopc=float(per_aopc.mean()),
         auc=float(per_auc.mean()),
         curve=curves.mean(dim=0).tolist(),
-        per_image=[{"input": p, "aopc": float(a)} for p, a in zip(inputs, per_aopc, strict=True)],
+        per_image=per_image,
         aopc_std=float(per_aopc.std(correction=0)),
         auc_std=float(per_auc.std(correction=0)),
         curve_std=curves.std(dim=0, correction=0).tolist(),
         score=score,
+        srg=None if srg is None else float(srg.mean()),
+        srg_std=None if srg is None else float(srg.std(correction=0)),
     )
 
 
@@ -494,10 +669,81 @@ def random_attribution(
     return _rand((n, h, w), generator).to(device=x.device, dtype=x.dtype)
 
 
+def _spatial(out: object) -> bool:
+    return isinstance(out, Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1
+
+
+def _spatial_layer(model: nn.Module, x: Tensor, layer: str | None) -> tuple[str, nn.Module]:
+    """The module whose output Grad-CAM uses: ``layer`` by name, else the last module run
+    (in execution order) with a spatial output: (N, C, h, w) with h x w > 1."""
+    modules = dict(model.named_modules())
+    if layer is not None:
+        if layer not in modules:
+            near = [name for name in modules if name and layer in name][:5]
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise ValueError(f"cam layer {layer!r} is not a module of the model{hint}")
+        return layer, modules[layer]
+    seen: list[str] = []
+    hooks = [
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: seen.append(name) if _spatial(out) else None
+        )
+        for name, module in modules.items()
+        if name and not list(module.children())
+    ]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not seen:
+        raise ValueError(
+            "Grad-CAM needs a layer with a spatial (N, C, h, w) output and the model has none"
+        )
+    return seen[-1], modules[seen[-1]]
+
+
+def gradcam_attribution(
+    model: nn.Module,
+    x: Tensor,
+    target: int | Sequence[int] | Tensor,
+    generator: torch.Generator | None = None,
+    layer: str | None = None,
+) -> Tensor:
+    """Grad-CAM (Selvaraju et al. 2017), upsampled to the input: (N, H, W), >= 0.
+
+    ``relu(sum_k alpha_k A_k)`` with ``A`` the output of ``layer`` (a module name; default the
+    last module with a spatial (N, C, h, w) output, h x w > 1, in execution order) and
+    ``alpha_k`` the spatial mean of ``d f_target / d A_k``; bilinearly upsampled to the
+    input's H x W.
+    """
+    target = _as_target(target, x.shape[0], x.device)
+    _, module = _spatial_layer(model, x, layer)
+    kept: list[Tensor] = []
+    hook = module.register_forward_hook(lambda _m, _i, out: kept.append(out))
+    try:
+        with torch.enable_grad():
+            out = model(x.detach())
+            if not kept or not isinstance(kept[-1], Tensor) or kept[-1].dim() != 4:
+                raise ValueError(f"cam layer {layer!r} has no 4-D (N, C, h, w) output")
+            activation = kept[-1]
+            (grad,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), activation)
+    finally:
+        hook.remove()
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * activation.detach()).sum(dim=1, keepdim=True))
+    cam = torch.nn.functional.interpolate(
+        cam, size=x.shape[2:], mode="bilinear", align_corners=False
+    )
+    return cam[:, 0]
+
+
 BASELINES: dict[str, Callable[..., Tensor]] = {
     "random": random_attribution,
     "gradient": gradient_attribution,
     "gradient-x-input": gradient_x_input_attribution,
+    "gradcam": gradcam_attribution,
 }
 
 
@@ -547,19 +793,7 @@ def plot_curves(
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
 
-    folder = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from ..outputs import atomic_write
+
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
     return path

@@ -2,12 +2,15 @@
 
 It joins the pieces that ``lrp explain`` uses (model, engine, input loading) to the measurement
 in :mod:`lrp_cli.analysis.evaluate`, so that the command itself only parses options and prints.
-Every method is measured on the same inputs, targets and noise (one seed per curve).
+Every method is measured on the same inputs, targets and noise (one seed per curve). The
+attributions are kept, so that :meth:`Evaluation.run` can be called again after changing
+``settings`` (another perturbation, say) without recomputing them.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -44,10 +47,13 @@ class Evaluation:
         region: int = 9,
         steps: int = 100,
         perturbation: str = "uniform",
-        orders: Sequence[str] = ("morf",),
+        orders: Sequence[str] = ("morf", "lerf"),
         score: str = "logit",
         seed: int = 0,
         batch_size: int = 32,
+        start: str = "logit",
+        noise: float = 0.01,
+        cam_layer: str | None = None,
     ) -> None:
         size = model.preprocessing.input_size
         regions = math.ceil(size / region) ** 2
@@ -67,19 +73,21 @@ class Evaluation:
             score=score,
             batch_size=batch_size,
             bounds=model.preprocessing.bounds(),
+            noise=noise,
         )
         self.orders, self.seed = list(orders), seed
         self.methods: dict[str, Callable] = {}
         self.warnings: list[str] = []
         for config in configs:
-            explainer, warnings = build_explainer(model, config, self.device.type, precision)
+            explainer, warnings = build_explainer(model, config, self.device.type, precision, start)
             name = config.name if config.name not in self.methods else config.source
             self.methods[name] = _lrp(explainer)
             self.warnings += warnings
         for name in baselines:
-            self.methods[name] = _baseline(model.module, evaluate.BASELINES[name], seed)
+            self.methods[name] = _baseline(model.module, name, seed, cam_layer)
         self.inputs: list[str] = []
         self._x: list[torch.Tensor] = []
+        self._attributions: dict[str, torch.Tensor] = {}  # kept for another run()
 
     @property
     def tasks(self) -> int:
@@ -88,8 +96,9 @@ class Evaluation:
 
     def describe(self) -> str:
         s = self.settings
+        road = f" (noise {s['noise']:g})" if s["perturbation"] == "road" else ""
         return (
-            f"{self.model.name}, {s['perturbation']} perturbation, {s['region']} x "
+            f"{self.model.name}, {s['perturbation']}{road} perturbation, {s['region']} x "
             f"{s['region']} regions, {s['steps']} steps, {s['score']}"
         )
 
@@ -109,35 +118,60 @@ class Evaluation:
                 names = [path] if len(rows) == 1 else [f"{path}[{k}]" for k in range(len(rows))]
                 self.inputs += names
                 self._x.append(rows)
+        self._attributions.clear()
         return errors
 
     def run(self, advance: Callable[[], object] = lambda: None):
-        """Every method's curves: (list of ``evaluate.MethodResult``, one-line errors)."""
+        """Every method's curves: (list of ``evaluate.MethodResult``, one-line errors).
+
+        A method measured both most- and least-relevant-first gets its symmetric relevance
+        gain (``srg``) on both results. ``self.seconds`` then holds the time the curves took
+        (attributions excluded) and ``self.forwards`` the number of perturbed copies scored.
+        """
         x = torch.cat(self._x).to(self.device, self.dtype)
         targets = self._targets(x)
         results, errors = [], []
         random_curves = None
+        score = self.settings["score"]
+        self.seconds, self.forwards = 0.0, 0
         for method, attribute in self.methods.items():
             try:
-                attribution = None
+                attribution, curves = None, {}
                 for order in self.orders:
                     if order == "random":  # the attribution plays no part: measure it once
                         if random_curves is None:
                             random_curves = self._curves(x, None, targets, order)
-                        curves = random_curves
+                        curves[order] = random_curves
                     else:
                         if attribution is None:
+                            attribution = self._attributions.get(method)
+                        if attribution is None:
                             attribution = _chunked(attribute, x, targets)
-                        curves = self._curves(x, attribution, targets, order)
-                    results.append(
-                        evaluate.summarize(
-                            method, order, curves, self.inputs, score=self.settings["score"]
-                        )
-                    )
+                            self._attributions[method] = attribution
+                        curves[order] = self._curves(x, attribution, targets, order)
                     advance()
             except (ValueError, RuntimeError) as error:
                 errors.append(f"{method}: cannot be evaluated: {' '.join(str(error).split())}")
+                continue
+            srg = None
+            if "morf" in curves and "lerf" in curves:
+                srg = evaluate.symmetric_relevance_gain(curves["morf"], curves["lerf"])
+            for order, values in curves.items():
+                gain = srg if order in ("morf", "lerf") else None
+                results.append(
+                    evaluate.summarize(method, order, values, self.inputs, score=score, srg=gain)
+                )
         return results, errors
+
+    def timing(self) -> str:
+        """How long the curves took, per image and step (after :meth:`run`)."""
+        steps = self.settings["steps"] + 1
+        per_copy = self.seconds / max(self.forwards, 1)
+        return (
+            f"{self.forwards} perturbed copies ({len(self.inputs)} inputs x {steps} steps x "
+            f"{self.forwards // max(len(self.inputs) * steps, 1)} curves) in "
+            f"{self.seconds:.1f} s: {per_copy * 1e3:.1f} ms per image and step"
+        )
 
     def _targets(self, x: torch.Tensor) -> torch.Tensor:
         if self.target is not None:
@@ -147,7 +181,8 @@ class Evaluation:
 
     def _curves(self, x, attribution, targets, order: str) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
-        return evaluate.region_perturbation_curve(
+        start = time.perf_counter()
+        curves = evaluate.region_perturbation_curve(
             self.model.module,
             x,
             attribution,
@@ -156,14 +191,20 @@ class Evaluation:
             generator=generator,
             **self.settings,
         )
+        self.seconds += time.perf_counter() - start
+        self.forwards += len(x) * (self.settings["steps"] + 1)
+        return curves
 
 
 def _lrp(explainer) -> Callable:
     return lambda x, target: explainer(x, target).relevance.sum(dim=1)
 
 
-def _baseline(module, function, seed: int) -> Callable:
-    generator = torch.Generator().manual_seed(seed)
+def _baseline(module, name: str, seed: int, cam_layer: str | None = None) -> Callable:
+    """The baseline ``name`` of :data:`evaluate.BASELINES` as ``(x, targets) -> (N, H, W)``."""
+    generator, function = torch.Generator().manual_seed(seed), evaluate.BASELINES[name]
+    if name == "gradcam":
+        return lambda x, target: function(module, x, target, generator, layer=cam_layer)
     return lambda x, target: function(module, x, target, generator)
 
 

@@ -22,15 +22,24 @@ from .graph import Plan, Step, UnsupportedModelError, build_plan
 from .linear import LinearOp, ieee_float32
 from .nodes.base import enclosing_module
 from .nodes.movement import maxpool2d_params
+from .rules import ZeroRule
+
+#: Where relevance starts: the target's logit, or its log-odds (Montavon et al.'s top layer).
+STARTS = ("logit", "log-odds")
 
 
 @dataclass
 class Explanation:
-    """Relevance of the input (same shape), the logits and the target class per sample."""
+    """Relevance of the input (same shape), the logits and the target class per sample.
+
+    ``score``: what relevance started from, per sample: the target's logit, or with
+    ``start="log-odds"`` its log-odds ``z_c - logsumexp_{c' != c} z_c'``.
+    """
 
     relevance: Tensor
     logits: Tensor
     targets: Tensor
+    score: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,17 @@ class Explainer:
     for one slice at a time. On a CUDA GPU, float32 is computed as IEEE float32, without
     TF32 (:func:`~lrp_cli.engine.linear.ieee_float32`). The user's model is only read,
     never modified.
+
+    ``start``: where relevance starts. ``"logit"`` (default): the target's logit, one-hot.
+    ``"log-odds"``: the target's log-odds ``log p_c / (1 - p_c)``, with the top-layer rule of
+    Montavon et al.'s overview (section 10.3): the log-odds is a soft minimum of the margins
+    ``m_c' = z_c - z_c'``, each a linear layer on the last layer's input ``a`` with weights
+    ``w_c - w_c'``; relevance goes to the margins with the softmin weights
+    ``beta_c' = softmax_{c' != c}(-m_c')`` and into ``a`` by LRP-0 on each margin:
+    ``R_a = a * sum_c' beta_c' (w_c - w_c')``. That is LRP-0 on the model's last layer started
+    from ``z_c`` at the target and ``-beta_c' z_c'`` at the others, which is how it is
+    computed: the model must end in a linear layer, whose rule becomes LRP-0 (shown in
+    :attr:`layer_rules`). With zero biases, ``sum R_a = sum_c' beta_c' m_c'``.
     """
 
     def __init__(
@@ -69,7 +89,11 @@ class Explainer:
         input_bounds=None,
         channels_last: bool | str = "auto",
         chunk_bytes: int | str | None = "auto",
+        start: str = "logit",
     ):
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {', '.join(map(repr, STARTS))}, got {start!r}")
+        self.start = start
         if channels_last not in (True, False, "auto"):
             raise ValueError(f"channels_last must be True, False or 'auto', got {channels_last!r}")
         sized = isinstance(chunk_bytes, int) and not isinstance(chunk_bytes, bool)
@@ -116,8 +140,12 @@ class Explainer:
             env = self._forward(x)
             logits = env[self._logits_node]
             targets = _targets(target, logits)
-            start = torch.zeros_like(logits)
-            start.scatter_(1, targets[:, None], logits.gather(1, targets[:, None]))
+            if self.start == "logit":
+                start = torch.zeros_like(logits)
+                start.scatter_(1, targets[:, None], logits.gather(1, targets[:, None]))
+                score = logits.gather(1, targets[:, None]).squeeze(1)
+            else:
+                start, score = _log_odds_start(logits, targets)
             self._returned = logits  # the caller's: never overwritten
             try:
                 relevance = self._backward(env, start, x)
@@ -125,7 +153,7 @@ class Explainer:
                 self._returned = None
         if relevance.dim() == 4 and given.is_contiguous() and not relevance.is_contiguous():
             relevance = relevance.contiguous()
-        return Explanation(relevance, logits, targets)
+        return Explanation(relevance, logits, targets, score)
 
     # ------------------------------------------------------------ for the handlers
     def call(self, step: Step, lookup) -> object:
@@ -190,6 +218,14 @@ class Explainer:
                 "the model must return a single tensor of logits, not a tuple or dict"
             )
         self._logits_node = result
+        last = self._index[result]
+        if self.start == "log-odds" and not (
+            last.kind == "linear" and isinstance(last.module, nn.Linear)
+        ):
+            raise UnsupportedModelError(
+                "start 'log-odds' needs a model whose output is an nn.Linear layer (its "
+                f"classifier); {last.name!r} is not"
+            )
         placeholders = [s.node for s in self.plan.steps if s.kind == "input"]
         if len(placeholders) != 1:
             raise UnsupportedModelError("the model must take exactly one input tensor")
@@ -203,6 +239,8 @@ class Explainer:
         for step, (_, rule, source) in zip(matched, self.assignment.layers, strict=True):
             step.rule = rule
             self._sources[id(step)] = source
+            if self.start == "log-odds" and step.node is self._logits_node:
+                step.rule, self._sources[id(step)] = ZeroRule(), "start: log-odds"
         for step in self.plan.steps:
             field = step.handler.composite_field
             if field is not None:
@@ -370,6 +408,21 @@ def _accumulate(relevance: dict, node: fx.Node, value) -> None:
         relevance[node] = relevance[node] + value
     else:
         relevance[node] = value
+
+
+def _log_odds_start(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Relevance at the logits for the log-odds start, and the log-odds per sample.
+
+    Under LRP-0 on the last layer, starting from ``z_c`` at the target and ``-beta_c' z_c'``
+    at each other class gives ``R_a = a * sum_c' beta_c' (w_c - w_c')``, the overview's rule.
+    """
+    own = logits.gather(1, targets[:, None])
+    margins = own - logits  # m_c' = z_c - z_c'; 0 at the target itself
+    mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, targets[:, None], True)
+    beta = torch.softmax((-margins).masked_fill(mask, float("-inf")), dim=1)
+    score = own.squeeze(1) - torch.logsumexp(logits.masked_fill(mask, float("-inf")), dim=1)
+    start = torch.where(mask, logits, -beta * logits)
+    return start, score
 
 
 def _targets(target, logits: Tensor) -> Tensor:
