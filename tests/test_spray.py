@@ -293,6 +293,15 @@ def test_spray_from_a_run_groups_by_class_and_writes_its_outputs(report):
     assert "most atypical" in result.stdout and "class" in result.stdout
 
 
+def test_a_rerun_with_the_same_seed_writes_the_same_files(report, tmp_path):
+    out, _ = report
+    run = out.parent / "run"
+    again = CliRunner().invoke(main, ["spray", "--from", str(run), "-o", str(tmp_path), "-q"])
+    assert again.exit_code == 0, again.output
+    for name in ("spray.json", "spray.html", "clusters/1/cluster-1.png"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+
+
 def test_the_report_is_self_contained(report):
     out, _ = report
     page = (out / "spray.html").read_text(encoding="utf-8")
