@@ -154,8 +154,9 @@ def eigenvalue_svg(eigenvalues: Sequence[float], k: int, width=380, height=230) 
             f'<line x1="{middle:.1f}" x2="{middle:.1f}" y1="{top}" y2="{height - bottom}" '
             'stroke="#b45309" stroke-dasharray="4 3"/>'
         )
+        label_y = (y0 + y1) / 2 + 4 if y1 - y0 > 30 else y0 - 4  # inside a tall band
         body.append(
-            f'<text x="{middle + 4:.1f}" y="{top + 12}" font-size="12" fill="#b45309">'
+            f'<text x="{middle + 4:.1f}" y="{label_y:.1f}" font-size="12" fill="#b45309">'
             f"eigengap: k = {k}</text>"
         )
     body.append(
