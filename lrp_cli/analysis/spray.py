@@ -309,7 +309,11 @@ def analyse(
     # distances in all m coordinates: k groups that are disconnected in the graph sit on one
     # point each in the first k, which would make every member equally "typical"
     embedding = _rows(vectors)
-    centres = np.stack([embedding[labels == c].mean(axis=0) for c in range(k)])
+    centres = np.zeros((k, embedding.shape[1]))
+    np.add.at(centres, labels, embedding)
+    centres /= np.maximum(np.bincount(labels, minlength=k), 1)[
+        :, None
+    ]  # k-means may leave one empty
     distances = np.linalg.norm(embedding - centres[labels], axis=1)
     found = _clusters(affinity, labels, distances, k)
     atypical = max(found, key=lambda c: c.atypicality).index if k > 1 else None
@@ -378,7 +382,8 @@ def cluster_means(
         sums[label] += one / total if total > 0 else one
     if sums is None:
         raise ValueError("no maps given")
-    return (sums / np.bincount(labels, minlength=k)[:, None, None]).astype(np.float32)
+    counts = np.maximum(np.bincount(labels, minlength=k), 1)[:, None, None]
+    return (sums / counts).astype(np.float32)
 
 
 def spray(
