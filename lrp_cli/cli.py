@@ -237,7 +237,8 @@ _model_options = _options(
         "--model",
         default=BUILTIN_MODEL,
         help="Model: the built-in efficientnet_lite0, a torchvision classification model "
-        "name (resnet50, vgg16...), or package.module:callable for your own.",
+        "name (resnet50, vgg16...), timm:NAME (the timm extra), or package.module:callable "
+        "for your own.",
     ),
     _option(
         "-w",

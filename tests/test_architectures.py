@@ -309,3 +309,27 @@ def test_explaining_never_imports_sympy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False"]
+
+
+def test_optional_forward_arguments_are_fixed_at_their_defaults():
+    """A forward with optional extras (timm's ViT: ``attn_mask=None, is_causal=False``) is
+    explained as called on the image batch alone; the defaults shape the traced graph."""
+
+    class Extras(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense = nn.Linear(6, 3, bias=False)
+
+        def forward(self, x, mask=None, scale: float = 2.0, double: bool = False):
+            x = x.flatten(1) * scale
+            if mask is not None:
+                x = x * mask
+            return self.dense(x + x if double else x)
+
+    model = Extras().to(DT).eval()
+    x = torch.randn(2, 6, dtype=DT)
+    result = _lrp0(model)(x)
+    torch.testing.assert_close(result.logits, model(x))
+    logit = result.logits.gather(1, result.targets[:, None]).squeeze(1)
+    torch.testing.assert_close(result.relevance.sum(1), logit, rtol=1e-12, atol=0)
+    assert list(model.forward.__defaults__) == [None, 2.0, False]  # the model is untouched

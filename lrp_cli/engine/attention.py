@@ -118,8 +118,14 @@ class BlockRules:
             return F.normalize(x, p, dim, eps, out)
         return x / x.norm(p, dim, keepdim=True).clamp_min(eps).detach()
 
-    def attention(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    def attention(
+        self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+    ):
         """``scaled_dot_product_attention`` written out, so its softmax gets the rule."""
+        if dropout_p:
+            raise UnsupportedModelError("attention dropout (dropout_p > 0): call model.eval()")
+        if enable_gqa:
+            raise UnsupportedModelError("grouped-query attention (enable_gqa) is not supported")
         if is_causal:
             size = (q.shape[-2], k.shape[-2])
             attn_mask = torch.ones(size, dtype=torch.bool, device=q.device).tril()

@@ -10,6 +10,7 @@ only reads its modules.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 from torch import fx, nn
@@ -71,7 +72,11 @@ def trace(model: nn.Module) -> fx.GraphModule:
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        return fx.symbolic_trace(model)
+        fixed = _optional_arguments(model)
+        gm = fx.symbolic_trace(model, concrete_args=fixed)
+        if fixed:
+            _drop_fixed_placeholders(gm)
+        return gm
     except Exception as error:  # fx raises many types; the message is what matters
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise UnsupportedModelError(
@@ -80,6 +85,40 @@ def trace(model: nn.Module) -> fx.GraphModule:
     finally:
         for module, flag in flags:
             module.training = flag
+
+
+def _optional_arguments(model: nn.Module) -> dict | None:
+    """``forward``'s arguments after the input that have defaults (timm's ViT takes
+    ``attn_mask=None, is_causal=False``), fixed at those defaults: a classifier is explained
+    as called on one image batch."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    plain = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    fixed = {p.name: p.default for p in parameters if p.kind in plain and p.default is not p.empty}
+    return fixed or None
+
+
+def _drop_fixed_placeholders(gm: fx.GraphModule) -> None:
+    """fx keeps a placeholder per fixed argument, used only by checks that the caller passes
+    that value: remove both, so the graph takes the image batch alone."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for placeholder in placeholders[1:]:
+        checks, frontier = [], [placeholder]
+        while frontier:  # the placeholder's uses: comparisons ending in assertions
+            node = frontier.pop()
+            checks.append(node)
+            frontier.extend(node.users)
+        if all(n.op in ("placeholder", "call_function") for n in checks):
+            for node in reversed(_topological(checks)):
+                gm.graph.erase_node(node)
+    gm.recompile()
+
+
+def _topological(nodes: list[fx.Node]) -> list[fx.Node]:
+    order = {n: i for i, n in enumerate(nodes[0].graph.nodes)}
+    return sorted(set(nodes), key=order.__getitem__)
 
 
 def build_plan(model: nn.Module) -> Plan:

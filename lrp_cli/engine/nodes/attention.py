@@ -1,7 +1,8 @@
-"""Attention blocks that are one call in the graph: ``nn.MultiheadAttention`` (ViT) and
-torchvision's ``shifted_window_attention`` (Swin v1 and v2). The rules are in
-``engine/attention.py``; attention written out in the graph (MaxViT's einsums) goes through
-the products handlers instead."""
+"""Attention blocks that are one call in the graph: ``nn.MultiheadAttention`` (ViT),
+torchvision's ``shifted_window_attention`` (Swin v1 and v2) and a bare
+``F.scaled_dot_product_attention`` (timm's ViTs, between their own q/k/v projections). The
+rules are in ``engine/attention.py``; attention written out in the graph (MaxViT's einsums)
+goes through the products handlers instead."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import copy
 import inspect
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..attention import BlockRuleMode, BlockRules, multi_head_attention
@@ -32,8 +34,9 @@ class AttentionHandler(NodeHandler):
         ):
             module = ctx.modules[node.target]
             return Step(node, self.kind, module=module, module_name=str(node.target))
-        if node.op == "call_function" and any(
-            named_function(node.target, *where) for where in WINDOW_ATTENTION
+        if node.op == "call_function" and (
+            node.target is F.scaled_dot_product_attention  # timm's and others' fused attention
+            or any(named_function(node.target, *where) for where in WINDOW_ATTENTION)
         ):
             return Step(node, self.kind, function=node.target)
         return None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import operator
 
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
 
 from ..linear import make_linear_op
 from .base import NodeHandler, exact_type, refuse, register
@@ -69,6 +71,9 @@ class LinearHandler(NodeHandler):
     def recognise(self, node, ctx):
         from ..graph import Step
 
+        if node.op == "call_function" and node.target is F.batch_norm:
+            module, name = functional_batchnorm(node, ctx)
+            return Step(node, self.kind, module=module, module_name=name)
         if node.op != "call_module":
             return None
         module = ctx.modules[node.target]
@@ -120,19 +125,53 @@ class FoldedHandler(NodeHandler):
         return [(step.function, r)]
 
 
+_BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
+
+
+def functional_batchnorm(node, ctx) -> tuple[nn.Module, str]:
+    """``F.batch_norm`` called in a module's own forward (timm's BatchNormAct2d) as the plain
+    eval-mode ``nn.BatchNorm2d`` it computes, sharing the model's tensors: so it folds into the
+    layer before it like any BatchNorm. Refused unless it normalises by running statistics."""
+    bound = _BATCH_NORM_SIGNATURE.bind(*node.args, **node.kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    tensors = {}
+    for key in ("running_mean", "running_var", "weight", "bias"):
+        value = a[key]
+        if value is not None and not (isinstance(value, fx.Node) and value.op == "get_attr"):
+            refuse(node, f"batch_norm's {key} is computed, not a stored tensor")
+        tensors[key] = None if value is None else _stored(ctx.modules[""], value.target)
+    if a["training"] is not False or tensors["running_mean"] is None:
+        refuse(node, "batch_norm in training mode or without running statistics; call .eval()")
+    canonical = nn.BatchNorm2d(tensors["running_mean"].numel(), eps=float(a["eps"])).eval()
+    canonical._parameters.update(weight=tensors["weight"], bias=tensors["bias"])
+    canonical._buffers.update(
+        running_mean=tensors["running_mean"], running_var=tensors["running_var"]
+    )
+    owner = a["running_mean"].target.rpartition(".")[0]
+    return canonical, owner or node.name
+
+
+def _stored(root: nn.Module, target: str) -> Tensor:
+    """The parameter or buffer a ``get_attr`` node reads (the model's own tensor, not a copy)."""
+    owner, _, name = target.rpartition(".")
+    return getattr(root.get_submodule(owner), name)
+
+
 def fold_batchnorms(steps: dict) -> None:
-    """Fold each BatchNorm whose only input is a Conv/Linear used by nothing else."""
+    """Fold each BatchNorm whose only input is a Conv/Linear used by nothing else (shape
+    queries aside: timm checks ``x.ndim`` before its BatchNorm)."""
     for node, step in steps.items():
         if step.kind != "linear" or not exact_type(step.module, BATCHNORM_MODULES):
             continue
-        (source,) = node.all_input_nodes
+        source = node.args[0]  # the data (F.batch_norm's other inputs are stored tensors)
         producer = steps.get(source)
         if (
             producer is not None
             and producer.kind == "linear"
             and producer.batchnorm is None
             and not exact_type(producer.module, BATCHNORM_MODULES)
-            and len(source.users) == 1
+            and [u for u in source.users if steps[u].kind != "constant"] == [node]  # shapes ok
             and producer.module.weight.shape[0] == step.module.num_features
         ):
             producer.batchnorm, producer.batchnorm_name = step.module, step.module_name

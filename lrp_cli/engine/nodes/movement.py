@@ -27,12 +27,13 @@ MOVE_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.permute,
     torch.transpose, torch.squeeze, torch.unsqueeze, torch.chunk, torch.split, F.pad,
     torch.narrow, torch.movedim, torch.swapaxes, torch.t, operator.getitem,
-    F.channel_shuffle, torch.channel_shuffle, torch.clone, torch.roll,
+    F.channel_shuffle, torch.channel_shuffle, torch.clone, torch.roll, torch.unbind,
 }  # fmt: skip
 MOVE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
     "chunk", "split", "narrow", "expand", "expand_as", "view_as", "reshape_as", "movedim", "t",
     "unflatten", "clone", "to", "type", "float", "double", "__getitem__", "roll", "swapaxes",
+    "unbind",
 }  # fmt: skip
 MAXPOOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
                      F.adaptive_max_pool2d, F.adaptive_max_pool3d}  # fmt: skip
