@@ -339,14 +339,14 @@ def _load_model(opt: dict[str, Any]):
     )
 
 
-def _collect(inputs: tuple[str, ...], null: bool, exclude: Iterable[Path] = ()):
-    """The input files; each spec that yields nothing is reported on stderr."""
+def _collect(inputs: tuple[str, ...], null: bool, exclude: Iterable[Path] = (), say=True):
+    """The input files; each spec that yields nothing is reported on stderr (with ``say``)."""
     from .images import collect_inputs
 
     items, problems = collect_inputs(
         list(inputs), stdin=sys.stdin, null_separated=null, exclude=list(exclude)
     )
-    for problem in problems:
+    for problem in problems if say else ():
         _say_error(problem)
     return items, problems
 
@@ -469,7 +469,8 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
         raise click.UsageError("--overwrite and --skip-existing exclude each other")
     existing = "overwrite" if opt["overwrite"] else "skip" if opt["skip_existing"] else "error"
     same_names = {f.name: opt[f.name] for f in fields(ExplainOptions) if f.name in opt}
-    items, problems = _collect(inputs, opt["null"], exclude=[opt["out"]])
+    # refused inputs are reported as records by the run, or here if it never starts
+    items, problems = _collect(inputs, opt["null"], exclude=[opt["out"]], say=False)
     decoder = _early_decoder(items, opt)
     try:
         with _before_work():
@@ -478,6 +479,8 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
             runner = BatchExplainer(loaded, rules, ExplainOptions(existing=existing, **same_names))
             writer = RecordWriter(opt["jsonl"]) if opt["jsonl"] else None
     except BaseException:
+        for problem in problems:
+            _say_error(problem)
         if decoder is not None:
             decoder.close()
         raise
@@ -486,7 +489,7 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
         for warning in runner.warnings:
             _say(warning, "warning")
     try:
-        with _progress(not quiet, len(items), "explaining") as advance:
+        with _progress(not quiet, len(items) + len(problems), "explaining") as advance:
 
             def on_item(records: list[dict]) -> bool:
                 for record in records:
@@ -497,11 +500,11 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
                 advance()
                 return True
 
-            summary = runner.run(items, on_item, decoder)
+            summary = runner.run(items, on_item, decoder, refused=problems)
     finally:
         if writer is not None:
             writer.close()
-    failed = summary.failed + len(problems)
+    failed = summary.failed
     if summary.stopped:
         sys.exit(EXIT_PIPE)
     if not quiet or summary.interrupted:

@@ -19,13 +19,13 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .decoding import Decoder
-from .images import DEFAULT_MAX_PIXELS, ImageError, InputItem, denormalize
+from .images import DEFAULT_MAX_PIXELS, ImageError, InputItem, InputProblem, denormalize
 from .messages import error_reason
 from .outputs import (
     OutputError,
@@ -276,8 +276,12 @@ class BatchExplainer:
         items: Sequence[InputItem],
         on_item: Callable[[list[dict[str, Any]]], bool | None] | None = None,
         decoder: Decoder | None = None,
+        refused: Sequence[InputProblem] = (),
     ) -> Summary:
         """Explain ``items``; ``on_item(records)`` is called once per input, in input order.
+
+        ``refused``: inputs refused while they were collected (see
+        :func:`lrp_cli.images.collect_inputs`); each is reported first, as a failed record.
 
         ``on_item`` returning False stops the run (the reader of the records went away).
         Ctrl-C stops it too: finished outputs stay, the summary says it was interrupted.
@@ -303,6 +307,8 @@ class BatchExplainer:
         # heatmaps are rendered and written in a thread while the next batch is explained
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrp-writer")
         try:
+            for problem in refused:
+                report([self.refused_record(problem)])
             entries = [self._plan(item, claimed) for item in items]
             todo = [i for i, e in enumerate(entries) if e.records is None]
             if decoder is not None and self._fits(decoder, items):
@@ -350,7 +356,12 @@ class BatchExplainer:
             entry.records = [self._record(entry, error=str(error))]
             return entry
         paths = [p for o in entry.outputs for p in self._files(o)]
-        existing = [p for p in paths if p.exists()]
+        try:
+            existing = [p for p in paths if p.exists()]
+        except OSError as error:  # e.g. a name too long for the file system
+            problem = f"cannot check its outputs: {error_reason(error)}"
+            entry.records = [self._failed(entry, problem, "rename the input")]
+            return entry
         clash = next((p for p in paths if _key(p) in claimed), None)
         if clash is not None:
             problem = f"its output {clash} is also the output of another input"
@@ -482,6 +493,9 @@ class BatchExplainer:
             self._write(entry.outputs[k], relevance, x, vmax)
         except OutputError as error:
             return self._record(entry, k, error=str(error), **fields)
+        except Exception as error:  # rendering failed: this sample fails, not the run
+            problem = f"writing its outputs failed: {error_reason(error)}"
+            return self._record(entry, k, error=_message(entry, k, problem, ""), **fields)
         seconds = round(share + time.perf_counter() - start, 6)
         return self._record(
             entry,
@@ -509,6 +523,12 @@ class BatchExplainer:
             for path in written:
                 path.unlink(missing_ok=True)
             raise
+
+    def refused_record(self, problem: InputProblem) -> dict[str, Any]:
+        """The failed record of an input refused while inputs were collected: ``input`` is
+        the path as given, ``error`` the one-line message."""
+        entry = _Entry(InputItem(Path(problem.input), PurePath(problem.input)))
+        return {**self._record(entry, error=str(problem)), "input": problem.input}
 
     def _failed(self, entry: _Entry, problem: str, advice: str = "") -> dict[str, Any]:
         return self._record(entry, error=str(ImageError(entry.item.path, problem, advice)))

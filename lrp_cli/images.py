@@ -38,6 +38,7 @@ __all__ = [
     "INPUT_EXTENSIONS",
     "ImageError",
     "InputItem",
+    "InputProblem",
     "collect_inputs",
     "crop_image",
     "decode_input",
@@ -521,6 +522,19 @@ class InputItem:
     relative: PurePath
 
 
+class InputProblem(str):
+    """An input refused while inputs are collected: the one-line message (``str``), the
+    input as given (``input``) and the reason alone (``reason``)."""
+
+    input: str
+    reason: str
+
+    def __new__(cls, spec: str, reason: str) -> InputProblem:
+        problem = super().__new__(cls, f"{one_line(spec)}: {reason}")
+        problem.input, problem.reason = spec, reason
+        return problem
+
+
 def _safe_relative(relative: PurePath, path: Path) -> PurePath:
     """Drop ``.`` parts; fall back to the file name for anything absolute or with ``..``."""
     parts = [p for p in PurePath(relative).parts if p not in ("", ".")]
@@ -577,11 +591,12 @@ def collect_inputs(
     stdin: TextIO | None = None,
     null_separated: bool = False,
     exclude: Iterable[str | os.PathLike[str]] = (),
-) -> tuple[list[InputItem], list[str]]:
+) -> tuple[list[InputItem], list[InputProblem]]:
     """Expand files, folders (recursive), glob patterns and ``-`` (paths read from stdin).
 
     Returns the inputs in a deterministic order (specs in the order given, each sorted within)
-    without duplicates, plus one-line problems for specs that yielded nothing.
+    without duplicates, plus the problems (one-line :class:`InputProblem` strings) of specs
+    that yielded nothing.
 
     Output-relative names: a file given directly (or a path from stdin that is absolute or uses
     ``..``) keeps its file name; files found in a folder keep their path inside it; glob matches
@@ -592,7 +607,7 @@ def collect_inputs(
     picked up as inputs).
     """
     items: list[InputItem] = []
-    problems: list[str] = []
+    problems: list[InputProblem] = []
     seen: set[str] = set()
     excluded = {os.path.realpath(p) for p in exclude}
     candidates: list[tuple[Path, PurePath]] = []
@@ -601,7 +616,7 @@ def collect_inputs(
         files = _walk(folder, excluded)
         if not files:
             exts = " ".join(sorted(e.lstrip(".") for e in INPUT_EXTENSIONS))
-            problems.append(f"{one_line(spec)}: no input files ({exts}) found in this folder")
+            problems.append(InputProblem(spec, f"no input files ({exts}) found in this folder"))
         for file in files:
             candidates.append((file, PurePath(os.path.relpath(file, base))))
 
@@ -609,19 +624,19 @@ def collect_inputs(
         path = Path(spec)
         if path.is_dir():
             if os.path.realpath(path) in excluded:
-                problems.append(f"{one_line(spec)}: skipped, it is the output folder")
+                problems.append(InputProblem(spec, "skipped, it is the output folder"))
             else:
                 add_folder(path, path, spec)
         elif os.path.lexists(path):
             candidates.append((path, relative or PurePath(path.name)))
         else:
-            problems.append(f"{one_line(spec)}: no such file or folder")
+            problems.append(InputProblem(spec, "no such file or folder"))
 
     for spec in specs:
         if spec == "-":
             entries = _read_stdin(stdin if stdin is not None else sys.stdin, null_separated)
             if not entries:
-                problems.append("-: no paths were read from standard input")
+                problems.append(InputProblem("-", "no paths were read from standard input"))
             for entry in entries:
                 add_path(entry, _safe_relative(PurePath(entry), Path(entry)))
         elif _has_magic(spec) and not os.path.lexists(spec):
@@ -637,7 +652,7 @@ def collect_inputs(
                 elif _wanted(path):
                     candidates.append((path, PurePath(os.path.relpath(path, base))))
             if len(candidates) == before:
-                problems.append(f"{one_line(spec)}: the pattern matched no input files")
+                problems.append(InputProblem(spec, "the pattern matched no input files"))
         else:
             add_path(spec, None)
 

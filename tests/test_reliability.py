@@ -426,3 +426,81 @@ def test_a_npy_that_changes_after_planning_is_explained_as_it_is(
     )
     assert [r["status"] for r in records(result.stdout)] == ["explained"] * len(stems)
     assert [Path(r["outputs"]["heatmap"]).stem for r in records(result.stdout)] == stems
+
+
+# -------------------------------------------------------------------------------- every refusal
+def test_inputs_refused_while_collecting_get_failed_records(tmp_path, tiny_weights):
+    """A path that does not exist, a folder without images, a pattern matching nothing and a
+    dangling symbolic link each get a failed record naming the input as given."""
+    good = write_npy(tmp_path / "good.npy")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "stdin-dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    specs = {
+        str(tmp_path / "missing.jpg"): "no such file or folder",
+        str(tmp_path / "empty"): "no input files",
+        str(tmp_path / "nothing-*.png"): "the pattern matched no input files",
+        str(tmp_path / "dangling.png"): "broken symbolic link",
+        "-": "broken symbolic link",  # a dangling link read from stdin
+    }
+    result = run(
+        [
+            "explain",
+            good,
+            *specs,
+            *tiny_model(tiny_weights),
+            "-o",
+            tmp_path / "out",
+            "--jsonl",
+            "-",
+        ],
+        input=f"{tmp_path / 'stdin-dangling.jpg'}\n",
+    )
+    assert result.exit_code == 1, result.stderr
+    found = records(result.stdout)
+    assert [r["status"] for r in found].count("explained") == 1
+    failed = {r["input"]: r for r in found if r["status"] == "failed"}
+    assert set(failed) == {*specs, str(tmp_path / "stdin-dangling.jpg")} - {"-"}
+    for spec, reason in specs.items():
+        record = failed[str(tmp_path / "stdin-dangling.jpg") if spec == "-" else spec]
+        assert reason in record["error"] and "\n" not in record["error"]
+        assert record["outputs"] is None and record["model"] == "resnet18"
+        assert set(record) == set(found[-1])  # the same keys as every other record
+    errors = error_lines(result.stderr)
+    assert len(errors) == len(failed)  # each refusal once on stderr, none twice
+    assert "(1 heatmaps, 5 failed)" in result.stderr
+
+
+def test_refused_inputs_are_still_reported_when_the_setup_fails(tmp_path, tiny_weights):
+    missing = tmp_path / "missing.jpg"
+    result = run(["explain", missing, *tiny_model(tiny_weights), "-c", "no-such-preset"])
+    assert result.exit_code == 2
+    first, second = error_lines(result.stderr)
+    assert str(missing) in first and "no such file" in first
+    assert "no-such-preset" in second
+
+
+def test_an_input_whose_outputs_cannot_be_rendered_fails_alone(tmp_path, tiny_weights, monkeypatch):
+    """Writing refuses one input (a rendering error, not an OS error): a failed record for it,
+    the run goes on."""
+    from lrp_cli import explain
+
+    inputs = [write_npy(tmp_path / f"x{i}.npy", seed=i) for i in range(3)]
+    original, calls = explain.render_heatmap, []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("cannot draw this")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(explain, "render_heatmap", fail_second)
+    out = tmp_path / "out"
+    result = run(["explain", *inputs, *tiny_model(tiny_weights), "-o", out, "--jsonl", "-"])
+    assert result.exit_code == 1, result.stderr
+    statuses = [r["status"] for r in records(result.stdout)]
+    assert statuses == ["explained", "failed", "explained"]
+    failed = records(result.stdout)[1]
+    assert failed["error"].endswith("writing its outputs failed: cannot draw this")
+    assert failed["probability"] is not None  # what was known before writing is kept
+    assert sorted(p.name for p in out.iterdir()) == ["x0.npy", "x0.png", "x2.npy", "x2.png"]
