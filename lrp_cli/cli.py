@@ -912,8 +912,8 @@ def spray(inputs: tuple[str, ...], **opt: Any) -> None:
     explain' does, into OUT/maps/ with its records) or reuses an earlier run with --from.
     Per class: maps downscaled and normalised, a k-nearest-neighbour graph, the eigenvectors
     of its normalised Laplacian, the number of clusters at the largest relative gap among the
-    smallest eigenvalues (--clusters fixes it), and k-means. A small cluster cut off from the rest ('most atypical') is
-    where to look for a shortcut such as a watermark.
+    smallest eigenvalues (--clusters fixes it), and k-means. A small cluster cut off from the
+    rest ('most atypical') is where to look for a shortcut such as a watermark.
 
     \b
     Writes:
