@@ -417,6 +417,15 @@ def main() -> None:
 @_option("--overlay", is_flag=True, help="Also write NAME.overlay.png: heatmap over the photo.")
 @_option("--alpha", type=click.FloatRange(0, 1), default=0.5, help="Heatmap opacity in overlays.")
 @_option("--jsonl", metavar="PATH|-", help="Write one JSON record per input here ('-': stdout).")
+@_option(
+    "--report",
+    metavar="PATH",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    help="At the end, write one self-contained HTML page of the run (thumbnails, classes, "
+    "failures; filter and sort in the browser) to PATH, or OUT/index.html without a value.",
+)
 @_option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @_option(
     "--skip-existing",
@@ -443,6 +452,7 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
       OUT/NAME.png          heatmap: red positive, white zero, blue negative
       OUT/NAME.npy          relevance summed over colour channels, float32 (H, W)
       OUT/NAME.overlay.png  with --overlay: the heatmap blended over the photo
+      OUT/index.html        with --report: one page of the whole run
 
     An (N,C,H,W) .npy file gives NAME.0.png, NAME.1.png, ... one per sample.
 
@@ -488,10 +498,14 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
     if not quiet:
         for warning in runner.warnings:
             _say(warning, "warning")
+    report = None if opt["report"] is None else Path(opt["report"] or opt["out"] / "index.html")
+    kept: list[dict] = []  # the records, for the report
     try:
         with _progress(not quiet, len(items) + len(problems), "explaining") as advance:
 
             def on_item(records: list[dict]) -> bool:
+                if report is not None:
+                    kept.extend(records)
                 for record in records:
                     if record["error"]:
                         _say_error(record["error"])
@@ -507,8 +521,12 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
     failed = summary.failed
     if summary.stopped:
         sys.exit(EXIT_PIPE)
+    # written last, so that its presence means the run is complete
+    unreported = report is not None and not summary.interrupted
+    unreported = unreported and not _write_report(report, kept, runner, quiet)
     if not quiet or summary.interrupted:
         _say(_explain_summary(summary, failed, opt["out"]))
+    failed = failed or unreported
     sys.exit(EXIT_INTERRUPTED if summary.interrupted else EXIT_FAILED if failed else 0)
 
 
@@ -524,6 +542,26 @@ def _early_decoder(items, opt: dict[str, Any]):
     if pre is None or len(items) < 2:
         return None
     return Decoder(items, pre, max_pixels=opt["max_pixels"], workers=opt["workers"])
+
+
+def _write_report(path: Path, records: list[dict], runner, quiet: bool) -> bool:
+    """Write the run's HTML report; False (and one line on stderr) if it cannot be written."""
+    from .report import write_report
+
+    try:
+        write_report(
+            path,
+            records,
+            runner.model.preprocessing,
+            alpha=runner.options.alpha,
+            max_pixels=runner.options.max_pixels,
+        )
+    except OutputError as error:
+        _say_error(f"report not written: {error}")
+        return False
+    if not quiet:
+        _say(f"report -> {path}")
+    return True
 
 
 def _explain_summary(summary, failed: int, out: Path) -> str:

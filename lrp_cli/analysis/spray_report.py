@@ -1,17 +1,14 @@
 """What ``lrp spray`` writes: ``spray.json``, a mean heatmap per cluster, ``spray.html``.
 
-The report is one self-contained file that works offline: plots are inline SVG drawn here (no
-matplotlib), pictures are base64 PNGs, styles and the one small script are inline, nothing is
-fetched. The script only marks the page (``<body data-status="ok">`` once every image has
-decoded and nothing raised, ``error: ...`` otherwise), so that a headless browser can check it,
-and highlights a cluster's points when the pointer is over its card.
+The report is one self-contained file that works offline (see :mod:`lrp_cli.htmlpage`): plots
+are inline SVG drawn here (no matplotlib), pictures are base64 PNGs, nothing is fetched. The
+shared status script marks the page for a headless browser; this page's own script highlights
+a cluster's points when the pointer is over its card.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..htmlpage import img, page
 from ..outputs import atomic_write, overlay, render_heatmap, save_png
 from .spray import SprayResult
 
@@ -207,16 +205,8 @@ def scatter_svg(coords: np.ndarray, labels: np.ndarray, width=380, height=300) -
 # the page
 
 
-def _png_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _img(image: Image.Image, side: int, alt: str, smooth: bool = False) -> str:
-    filter_ = Image.Resampling.BILINEAR if smooth else Image.Resampling.NEAREST
-    image = image.convert("RGB").resize((side, side), filter_)
-    return f'<img src="{_png_uri(image)}" width="{side}" height="{side}" alt="{html.escape(alt)}">'
+    return img(image, (side, side), alt, smooth)
 
 
 def _example(analysis: ClassAnalysis, i: int, cmap: str) -> str:
@@ -285,28 +275,9 @@ margin-right:.4em;border-radius:2px}.flag{color:#b91c1c}img{image-rendering:pixe
 svg circle.dim{opacity:.12}
 """
 
+# highlights a cluster's points when the pointer is over its card
 _SCRIPT = """
 (function () {
-  var errors = [];
-  function mark() {
-    var images = document.images, decoded = 0;
-    for (var i = 0; i < images.length; i++) {
-      if (images[i].complete && images[i].naturalWidth > 0) decoded++;
-    }
-    document.body.setAttribute("data-images", decoded + "/" + images.length);
-    var status = decoded === images.length ? "ok" : "images-missing";
-    if (errors.length) status = "error: " + errors.join("; ");
-    document.body.setAttribute("data-status", status);
-  }
-  window.addEventListener("error", function (event) {
-    errors.push(event.message || ("cannot load " + (event.target && event.target.tagName)));
-    mark();
-  }, true);
-  var consoleError = console.error;
-  console.error = function () {
-    errors.push(Array.prototype.join.call(arguments, " "));
-    consoleError.apply(console, arguments);
-  };
   document.querySelectorAll(".cluster").forEach(function (card) {
     var section = card.closest("section"), cls = "c" + card.getAttribute("data-cluster");
     card.addEventListener("mouseenter", function () {
@@ -320,8 +291,7 @@ _SCRIPT = """
       });
     });
   });
-  window.addEventListener("load", mark);
-  mark();
+  window.lrpMark();
 })();
 """
 
@@ -337,13 +307,9 @@ def render_html(
     toc = " · ".join(
         f'<a href="#class-{html.escape(a.key)}">{html.escape(a.label)}</a>' for a in analyses
     )
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        "<title>SpRAy report</title>"
-        f"<style>{_STYLE}</style></head>"
-        '<body data-status="loading">'
+    body = (
         "<h1>Spectral relevance analysis (SpRAy)</h1>"
         f'<p class="settings">{html.escape(shown)}</p>'
         f"<nav>{toc}</nav>{sections}"
-        f"<script>{_SCRIPT}</script></body></html>"
     )
+    return page("SpRAy report", _STYLE, body, _SCRIPT)
