@@ -9,6 +9,12 @@ BIN = $(VENV)/bin
 LXT_ORACLE = lxt==2.1 transformers==4.57.6 huggingface-hub==0.36.2 tokenizers==0.22.2 \
 	regex==2026.11.19 requests==2.34.2 urllib3==2.8.0 idna==3.20 certifi==2026.10.19.post1 \
 	charset-normalizer==3.5.3
+# Test-only oracle for tests/test_evaluate.py (region perturbation, ROAD's imputation): Quantus
+# 0.6.0 plus what `import quantus` needs beyond .[dev]; --no-deps: opencv-python-headless stands
+# in for the declared opencv-python (same cv2 module, no GUI libraries), and torch, scipy,
+# scikit-learn, matplotlib and tqdm come from .[dev] already.
+QUANTUS_ORACLE = quantus==0.6.0 scikit-image==0.26.0 opencv-python-headless==5.0.0.93 \
+	pandas==3.1.1 cachetools==8.0.2 imageio==2.38.2 tifffile==2026.3.3 lazy-loader==0.6
 
 .PHONY: demo test test-all lint bench-quick clean
 
@@ -19,6 +25,7 @@ $(BIN)/lrp: pyproject.toml
 
 $(VENV)/.oracles: $(BIN)/lrp Makefile
 	$(BIN)/pip install --quiet --no-deps $(LXT_ORACLE)
+	$(BIN)/pip install --quiet --no-deps $(QUANTUS_ORACLE)
 	touch $(VENV)/.oracles
 
 demo: $(BIN)/lrp

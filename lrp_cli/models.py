@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 BUILTIN_MODEL = "efficientnet_lite0"
+#: The built-in model's recommended preset: the largest symmetric relevance gain of the presets
+#: under every protocol measured (experiments/faithfulness/README.md).
+BUILTIN_CONFIG = "epsilon-gamma-box"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Checkpoint dicts from training scripts often wrap the state dict under one of these keys.
@@ -78,6 +81,9 @@ class LoadedModel:
     preprocessing: Preprocessing
     categories: list[str] | None = None
     weights: str | None = None  # where the weights came from, for humans; None: initialisation
+    #: the rule preset measured most faithful for this model (README, "How faithful is a
+    #: heatmap?"), the default of ``lrp explain``/``evaluate``/``inspect``; None: not measured
+    recommended_config: str | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -266,7 +272,9 @@ def _load_builtin(
         load_into(module, read_weights(weights), weights)
         source = str(weights)
         categories = imagenet_categories() if (num_classes or 1000) == 1000 else None
-    return LoadedModel(BUILTIN_MODEL, module, BUILTIN_PREPROCESSING, categories, source)
+    return LoadedModel(
+        BUILTIN_MODEL, module, BUILTIN_PREPROCESSING, categories, source, BUILTIN_CONFIG
+    )
 
 
 # --- torchvision models -------------------------------------------------------------------------

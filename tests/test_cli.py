@@ -141,7 +141,8 @@ def test_builtin_model_on_sample_photos(tmp_path):
     assert sorted(found) == [p.name for p in photos]
     for record in found.values():
         check_outputs(record, 224)
-        assert record["model"] == "efficientnet_lite0" and record["config"] == "epsilon-plus-flat"
+        # without -c: the built-in model's recommended preset (README: faithfulness)
+        assert record["model"] == "efficientnet_lite0" and record["config"] == "epsilon-gamma-box"
         with Image.open(record["outputs"]["overlay"]) as picture:
             assert picture.mode == "RGB" and picture.size == (224, 224)
     assert "cat" in found["chelsea-cat.jpg"]["class_name"].lower()
@@ -484,7 +485,11 @@ def test_evaluate_table_json_and_plot(tmp_path, tiny_weights):
         assert len(entry["curve"]) == 9 and len(entry["per_image"]) == 2
     with Image.open(tmp_path / "e.png") as plot:
         assert plot.format == "PNG"
-    again = run(["evaluate", *inputs, *tiny, "--baseline", "none", "--json", tmp_path / "f.json"])
+    # without -c: a model with no recommended preset gets epsilon-plus-flat
+    again = run(
+        ["evaluate", *inputs, *tiny, "--baseline", "none", "--order", "morf,random", "--json"]
+        + [tmp_path / "f.json"]
+    )
     assert again.exit_code == 0, again.stderr
     first = json.loads((tmp_path / "f.json").read_text())["results"][0]
     assert first == next(
