@@ -12,11 +12,19 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from lrp_cli.config import load_config
-from lrp_cli.engine import Composite, Explainer, ProportionalRule, UnsupportedModelError, ZeroRule
+from lrp_cli.engine import (
+    Composite,
+    Explainer,
+    GammaRule,
+    ProportionalRule,
+    UnsupportedModelError,
+    ZeroRule,
+)
 from lrp_cli.models import load_model
 
 from .conftest import randomize_batchnorm, zero_biases
@@ -333,3 +341,49 @@ def test_optional_forward_arguments_are_fixed_at_their_defaults():
     logit = result.logits.gather(1, result.targets[:, None]).squeeze(1)
     torch.testing.assert_close(result.relevance.sum(1), logit, rtol=1e-12, atol=0)
     assert list(model.forward.__defaults__) == [None, 2.0, False]  # the model is untouched
+
+
+class _Functional(nn.Module):
+    """Layers called functionally in the model's own forward (as timm's Linear does), and a
+    nearest upsampling (HRNet's fuse layers)."""
+
+    def __init__(self, conv: nn.Conv2d, dense: nn.Linear):
+        super().__init__()
+        self.conv_weight, self.conv_bias = conv.weight, conv.bias
+        self.dense_weight, self.dense_bias = dense.weight, dense.bias
+
+    def forward(self, x):
+        x = F.conv2d(x, self.conv_weight, self.conv_bias, 2, 1).relu()
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return F.linear(x.flatten(1), self.dense_weight, self.dense_bias)
+
+
+def test_functional_layers_get_the_rules_of_their_modules():
+    torch.manual_seed(0)
+    conv, dense = nn.Conv2d(3, 4, 3), nn.Linear(4 * 8 * 8, 3)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.Upsample(scale_factor=2),
+                          nn.Flatten(), dense).to(DT).eval()  # fmt: skip
+    plain[0].load_state_dict(conv.state_dict())
+    functional = _Functional(plain[0], dense).to(DT).eval()
+    x = torch.randn(2, 3, 8, 8, dtype=DT)
+    composite = Composite(default=GammaRule(0.25), proportional=ProportionalRule(0.0))
+    ours = Explainer(functional, composite)
+    expected = Explainer(plain, composite)(x).relevance
+    torch.testing.assert_close(ours(x).relevance, expected, rtol=1e-12, atol=1e-14)
+    rules = [(row.type, row.position, row.rule) for row in ours.layer_rules]
+    assert rules == [(r.type, r.position, r.rule) for r in Explainer(plain, composite).layer_rules]
+    assert sum("gamma" in rule for *_, rule in rules) == 2  # the conv and the dense layer
+
+
+def test_a_functional_layer_with_a_computed_weight_is_refused():
+    class Standardised(nn.Module):  # weight standardisation (NFNet's ScaledStdConv2d)
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 3, 3, 3))
+
+        def forward(self, x):
+            weight = (self.weight - self.weight.mean()) / self.weight.std()
+            return F.conv2d(x, weight).flatten(1)
+
+    with pytest.raises(UnsupportedModelError, match="conv2d.*its weight is computed"):
+        Explainer(Standardised().eval(), Composite(default=ZeroRule()))

@@ -45,7 +45,14 @@ def zero_shifts(model: nn.Module) -> nn.Module:
     model = zero_biases(randomize_batchnorm(model, zero_shift=True))
     with torch.no_grad():
         for module in model.modules():
-            for attr in ("class_token", "pos_embedding", "cls_token", "pos_embed", "reg_token"):
+            for attr in (
+                "class_token",
+                "pos_embedding",
+                "cls_token",
+                "pos_embed",
+                "reg_token",
+                "dist_token",
+            ):
                 if isinstance(getattr(module, attr, None), torch.Tensor):
                     getattr(module, attr).zero_()
             if isinstance(module, nn.MultiheadAttention) and module.in_proj_bias is not None:

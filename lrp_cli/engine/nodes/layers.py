@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import operator
 
 import torch
@@ -71,9 +70,11 @@ class LinearHandler(NodeHandler):
     def recognise(self, node, ctx):
         from ..graph import Step
 
-        if node.op == "call_function" and node.target is F.batch_norm:
-            module, name = functional_batchnorm(node, ctx)
-            return Step(node, self.kind, module=module, module_name=name)
+        if node.op == "call_function":
+            found = functional_layer(node, ctx)
+            if found is None:
+                return None
+            return Step(node, self.kind, module=found[0], module_name=found[1])
         if node.op != "call_module":
             return None
         module = ctx.modules[node.target]
@@ -125,31 +126,86 @@ class FoldedHandler(NodeHandler):
         return [(step.function, r)]
 
 
-_BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
+# F.linear, F.conv*d and F.batch_norm called in a module's own forward (timm's Linear and
+# BatchNormAct2d) are the plain layer they compute, rebuilt around the model's own tensors
+# (never copies): so they get per-layer rules, and a BatchNorm folds into the layer before it.
+def functional_layer(node: fx.Node, ctx) -> tuple[nn.Module, str] | None:
+    """The layer module a functional node computes and a name for it, or None."""
+    build = _FUNCTIONAL_LAYERS.get(node.target)
+    if build is None:
+        return None
+    module, weight_node = build(node, ctx)
+    return module, weight_node.target.rpartition(".")[0] or node.name
 
 
-def functional_batchnorm(node, ctx) -> tuple[nn.Module, str]:
-    """``F.batch_norm`` called in a module's own forward (timm's BatchNormAct2d) as the plain
-    eval-mode ``nn.BatchNorm2d`` it computes, sharing the model's tensors: so it folds into the
-    layer before it like any BatchNorm. Refused unless it normalises by running statistics."""
-    bound = _BATCH_NORM_SIGNATURE.bind(*node.args, **node.kwargs)
-    bound.apply_defaults()
-    a = bound.arguments
-    tensors = {}
-    for key in ("running_mean", "running_var", "weight", "bias"):
-        value = a[key]
-        if value is not None and not (isinstance(value, fx.Node) and value.op == "get_attr"):
-            refuse(node, f"batch_norm's {key} is computed, not a stored tensor")
-        tensors[key] = None if value is None else _stored(ctx.modules[""], value.target)
-    if a["training"] is not False or tensors["running_mean"] is None:
+def _argument(node: fx.Node, index: int, name: str, default=None):
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+def _stored_argument(node: fx.Node, ctx, index: int, name: str) -> tuple[Tensor | None, object]:
+    """A tensor argument that must be a stored parameter or buffer (or None)."""
+    value = _argument(node, index, name)
+    if value is None:
+        return None, None
+    if not (isinstance(value, fx.Node) and value.op == "get_attr"):
+        refuse(node, f"its {name} is computed, not a stored tensor")
+    return _stored(ctx.modules[""], value.target), value
+
+
+def _functional_linear(node, ctx):
+    weight, weight_node = _stored_argument(node, ctx, 1, "weight")
+    bias, _ = _stored_argument(node, ctx, 2, "bias")
+    if weight is None:
+        refuse(node, "linear without a weight")
+    module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    module._parameters.update(weight=weight, bias=bias)
+    return module, weight_node
+
+
+def _functional_conv(dims: int):
+    conv_class = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+
+    def build(node, ctx):
+        weight, weight_node = _stored_argument(node, ctx, 1, "weight")
+        bias, _ = _stored_argument(node, ctx, 2, "bias")
+        if weight is None:
+            refuse(node, "convolution without a weight")
+        settings = {
+            key: _argument(node, index, key, default)
+            for index, (key, default) in enumerate(
+                (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)), start=3
+            )
+        }
+        groups = int(settings["groups"])
+        module = conv_class(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
+                            bias=bias is not None, device="meta", **settings)  # fmt: skip
+        module._parameters.update(weight=weight, bias=bias)
+        return module, weight_node
+
+    return build
+
+
+def _functional_batchnorm(node, ctx):
+    mean, mean_node = _stored_argument(node, ctx, 1, "running_mean")
+    var, _ = _stored_argument(node, ctx, 2, "running_var")
+    weight, _ = _stored_argument(node, ctx, 3, "weight")
+    bias, _ = _stored_argument(node, ctx, 4, "bias")
+    if _argument(node, 5, "training", False) is not False or mean is None or var is None:
         refuse(node, "batch_norm in training mode or without running statistics; call .eval()")
-    canonical = nn.BatchNorm2d(tensors["running_mean"].numel(), eps=float(a["eps"])).eval()
-    canonical._parameters.update(weight=tensors["weight"], bias=tensors["bias"])
-    canonical._buffers.update(
-        running_mean=tensors["running_mean"], running_var=tensors["running_var"]
-    )
-    owner = a["running_mean"].target.rpartition(".")[0]
-    return canonical, owner or node.name
+    eps = float(_argument(node, 7, "eps", 1e-5))
+    module = nn.BatchNorm2d(mean.numel(), eps=eps, device="meta").eval()
+    module._parameters.update(weight=weight, bias=bias)
+    module._buffers.update(running_mean=mean, running_var=var)
+    return module, mean_node
+
+
+_FUNCTIONAL_LAYERS = {
+    F.linear: _functional_linear,
+    F.conv1d: _functional_conv(1),
+    F.conv2d: _functional_conv(2),
+    F.conv3d: _functional_conv(3),
+    F.batch_norm: _functional_batchnorm,
+}
 
 
 def _stored(root: nn.Module, target: str) -> Tensor:

@@ -13,6 +13,7 @@ from .base import (
     NodeHandler,
     UnsupportedModelError,
     call_step,
+    exact_type,
     named_function,
     register,
     vector_jacobian,
@@ -61,6 +62,11 @@ class MoveHandler(NodeHandler):
             ):
                 return None
             return Step(node, self.kind, function=node.target, nonnegative=nonneg)
+        if _nearest_upsampling(node, ctx):  # every output a copy of one input (HRNet's fuse)
+            if node.op == "call_module":
+                module, name = ctx.modules[node.target], str(node.target)
+                return Step(node, self.kind, module=module, module_name=name, nonnegative=nonneg)
+            return Step(node, self.kind, function=node.target, nonnegative=nonneg)
         return call_step(
             node, ctx, self.kind, MOVE_MODULES, MOVE_FUNCTIONS, MOVE_METHODS, nonnegative=nonneg
         )
@@ -79,6 +85,21 @@ class MoveHandler(NodeHandler):
         if node in explainer.tuple_items:  # an item of a tuple: relevance of that item
             return [(node.args[0], {node.args[1]: r})]
         return list(vjp(step, env, r, explainer).items())
+
+
+def _nearest_upsampling(node: fx.Node, ctx) -> bool:
+    """``nn.Upsample``/``F.interpolate`` in nearest mode: pure copying, so its gradient moves
+    relevance exactly (LRP-0 gives each input the sum of its copies' relevance)."""
+    if node.op == "call_module":
+        module = ctx.modules[node.target]
+        return exact_type(module, (nn.Upsample,)) and module.mode in _NEAREST
+    if node.op == "call_function" and node.target is F.interpolate:
+        mode = node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else "nearest")
+        return mode in _NEAREST
+    return False
+
+
+_NEAREST = ("nearest", "nearest-exact")
 
 
 @register

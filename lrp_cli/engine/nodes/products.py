@@ -19,9 +19,10 @@ import operator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..terms import divide
-from .base import NodeHandler, reduce_to, refuse, register, vjp
+from .base import NodeHandler, exact_type, reduce_to, refuse, register, vjp
 from .elementwise import SIGMOID_LIKE_FUNCTIONS, SIGMOID_LIKE_MODULES, method_name
 
 _MUL = {operator.mul, torch.mul, operator.imul, "mul", "__mul__", "__rmul__"}
@@ -116,6 +117,9 @@ class SoftmaxHandler(NodeHandler):
 
         if _target(node) in _SOFTMAX and len(ctx.data_inputs(node)) == 1:
             return Step(node, self.kind, function=_target(node))
+        if node.op == "call_module" and exact_type(ctx.modules[node.target], (nn.Softmax,)):
+            module = ctx.modules[node.target]  # timm's Swin: attention's own nn.Softmax
+            return Step(node, self.kind, module=module, module_name=str(node.target))
         return None
 
     def _taylor(self, explainer) -> bool:
@@ -144,7 +148,13 @@ class SoftmaxHandler(NodeHandler):
     def propagate(self, step, env, r, explainer):
         (source,) = explainer.graph_inputs(step.node)
         x, s = env[source], env[step.node]
-        dim = step.node.kwargs.get("dim", step.node.args[1] if len(step.node.args) > 1 else None)
+        if step.module is not None:
+            dim = step.module.dim
+            if dim is None:
+                refuse(step.node, "nn.Softmax without dim", step.module)
+        else:
+            node = step.node
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
         r_in = r - s * r.sum(dim, keepdim=True)
         r_in = torch.where(torch.isfinite(x), x * r_in, 0.0)  # masked logits (-inf) get none
         return [(source, r_in)]
