@@ -430,7 +430,18 @@ def main() -> None:
     help="Fixed colour-scale limit, for maps comparable across inputs "
     "(default: each map's largest |relevance|).",
 )
-@_option("--overlay", is_flag=True, help="Also write NAME.overlay.png: heatmap over the photo.")
+@_option(
+    "--crop/--no-crop",
+    default=True,
+    help="The model's preprocessing (resize, centre crop), or --no-crop: the whole image, its "
+    "shorter side resized to the model's resize size (models that take any input size).",
+)
+@_option(
+    "--overlay",
+    is_flag=True,
+    help="Also write NAME.overlay.png: the heatmap over the original photo at its resolution "
+    "(cropped-away margins dimmed).",
+)
 @_option("--alpha", type=click.FloatRange(0, 1), default=0.5, help="Heatmap opacity in overlays.")
 @_option("--jsonl", metavar="PATH|-", help="Write one JSON record per input here ('-': stdout).")
 @_option(
@@ -467,7 +478,7 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
     \b
       OUT/NAME.png          heatmap: red positive, white zero, blue negative
       OUT/NAME.npy          relevance summed over colour channels, float32 (H, W)
-      OUT/NAME.overlay.png  with --overlay: the heatmap blended over the photo
+      OUT/NAME.overlay.png  with --overlay: the heatmap over the original photo
       OUT/index.html        with --report: one page of the whole run
 
     An (N,C,H,W) .npy file gives NAME.0.png, NAME.1.png, ... one per sample.
@@ -569,7 +580,7 @@ def _write_report(path: Path, records: list[dict], runner, quiet: bool) -> bool:
         write_report(
             path,
             records,
-            runner.model.preprocessing,
+            runner.preprocessing,
             alpha=runner.options.alpha,
             max_pixels=runner.options.max_pixels,
         )

@@ -25,7 +25,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .decoding import Decoder
-from .images import DEFAULT_MAX_PIXELS, ImageError, InputItem, InputProblem, denormalize
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    InputItem,
+    InputProblem,
+    Uncropped,
+    denormalize,
+    image_size,
+    input_region,
+    load_image,
+)
 from .messages import error_reason
 from .outputs import (
     OutputError,
@@ -34,6 +44,7 @@ from .outputs import (
     degenerate_reason,
     output_paths,
     overlay,
+    overlay_on_photo,
     render_heatmap,
     save_npy,
     save_png,
@@ -76,6 +87,9 @@ class ExplainOptions:
     ``vmax``: fixed colour-scale limit (comparable maps); None scales each map to its max |R|.
     ``start``: where relevance starts: ``"logit"`` (the target's logit) or ``"log-odds"``
     (Montavon et al.'s top layer; see :class:`lrp_cli.engine.Explainer`).
+    ``crop``: the model's own preprocessing (resize, centre crop); False explains the whole
+    image, its shorter side resized to the model's resize size (models that take any size).
+    Overlays are drawn on the original photo at its resolution either way.
     """
 
     out: Path = Path("lrp-out")
@@ -91,6 +105,7 @@ class ExplainOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     workers: int | None = None  # decoding processes; None: up to 4, fewer than the cores
     start: str = "logit"
+    crop: bool = True
 
 
 @dataclass
@@ -260,6 +275,12 @@ class BatchExplainer:
         self.explainer, self.warnings = build_explainer(
             model, config, self.device.type, options.precision, options.start
         )
+        #: how images become model inputs in this run (the model's, or uncropped)
+        self.preprocessing = (
+            model.preprocessing if options.crop else Uncropped.of(model.preprocessing)
+        )
+        if not options.crop:
+            self._check_any_size()
         self.out_dir = Path(options.out)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -330,7 +351,7 @@ class BatchExplainer:
         """A decoder of the ``items`` at ``indices``, as this run's model needs them."""
         return Decoder(
             items,
-            self.model.preprocessing,
+            self.preprocessing,
             max_pixels=self.options.max_pixels,
             workers=self.options.workers,
             indices=indices,
@@ -339,7 +360,7 @@ class BatchExplainer:
     def _fits(self, decoder: Decoder, items: Sequence[InputItem]) -> bool:
         """Whether an early decoder decodes ``items`` as this run needs; if not, it is closed."""
         same = (decoder.preprocessing, decoder.max_pixels, decoder.items)
-        if same == (self.model.preprocessing, self.options.max_pixels, list(items)):
+        if same == (self.preprocessing, self.options.max_pixels, list(items)):
             return True
         decoder.close()
         return False
@@ -397,10 +418,10 @@ class BatchExplainer:
         """Decode in workers; explain the inputs that loaded, in full batches, in order."""
         waiting = deque(entries)
         pending: list[_Entry] = []  # up to the last decoded input, in input order
-        batches = iter_batches(
+        batches = iter_batches(  # uncropped inputs differ in size: regrouped in _settle
             [e.item for e in entries],
             self.model,
-            self.options.batch_size,
+            self.options.batch_size if self.options.crop else 1,
             decoder=decoder,
         )
         for batch in batches:
@@ -422,14 +443,17 @@ class BatchExplainer:
         while True:
             while pending and pending[0].settled(wait=final):
                 report(pending.pop(0).records)
-            group, rows = [], 0
+            group, rows, cut = [], 0, False
             for entry in pending:
                 if entry.records is None and entry.writing is None:
+                    if group and entry.rows.shape[1:] != group[0].rows.shape[1:]:
+                        cut = True  # only same-size inputs share a batch (--no-crop)
+                        break
                     group.append(entry)
                     rows += len(entry.rows)
                     if rows >= self.options.batch_size:
                         break
-            if not group or (rows < self.options.batch_size and not final):
+            if not group or (rows < self.options.batch_size and not final and not cut):
                 return
             self._explain_group(group)
             for entry in pending[: pending.index(group[0])]:  # at most one batch behind
@@ -487,11 +511,12 @@ class BatchExplainer:
             advice = "no heatmap was written; try another --config or --target"
         if problem is not None:
             return self._record(entry, k, error=_message(entry, k, problem, advice), **fields)
+        fields["region"] = self._region(entry)
         relevance = np.ascontiguousarray(relevance, dtype=np.float32)
         vmax = color_limit(relevance, vmax=self.options.vmax)
         try:
-            self._write(entry.outputs[k], relevance, x, vmax)
-        except OutputError as error:
+            self._write(entry, k, relevance, x, vmax, fields["region"])
+        except (OutputError, ImageError) as error:
             return self._record(entry, k, error=str(error), **fields)
         except Exception as error:  # rendering failed: this sample fails, not the run
             problem = f"writing its outputs failed: {error_reason(error)}"
@@ -507,22 +532,56 @@ class BatchExplainer:
             **fields,
         )
 
-    def _write(self, paths: OutputPaths, relevance: np.ndarray, x, vmax: float) -> None:
+    def _region(self, entry: _Entry) -> list[float] | None:
+        """The box of the original photo that the model input covers; None for a ``.npy``."""
+        if entry.item.path.suffix.lower() == ".npy":
+            return None
+        try:
+            width, height = image_size(entry.item.path)
+        except Exception:  # the file changed since it was decoded
+            return None
+        return [round(v, 4) for v in input_region(width, height, self.preprocessing)]
+
+    def _write(self, entry: _Entry, k: int, relevance: np.ndarray, x, vmax: float, region) -> None:
         """Write one sample's files; if cut off half way, remove the ones already written."""
+        paths = entry.outputs[k]
         heatmap = render_heatmap(relevance, self.options.cmap, vmax=vmax)
         written: list[Path] = []
         try:
             save_npy(relevance, paths.relevance)
             written.append(paths.relevance)
-            if self.options.overlay:
+            if self.options.overlay and region is None:  # a .npy: over the model input
                 photo = denormalize(x, self.model.preprocessing)
                 save_png(overlay(heatmap, photo, self.options.alpha), paths.overlay)
+                written.append(paths.overlay)
+            elif self.options.overlay:  # over the original photo, at its resolution
+                photo = load_image(entry.item.path, self.options.max_pixels)
+                cmap, alpha = self.options.cmap, self.options.alpha
+                picture = overlay_on_photo(relevance, photo, region, cmap, vmax, alpha)
+                save_png(picture, paths.overlay)
                 written.append(paths.overlay)
             save_png(heatmap, paths.heatmap)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
             raise
+
+    def _check_any_size(self) -> None:
+        """--no-crop needs a model that takes any input size: run it once on an odd one."""
+        import torch
+
+        pre = self.preprocessing
+        height, width = pre.resize, pre.resize * 4 // 3 + 1  # not square, not the crop size
+        x = torch.zeros(1, len(pre.mean), height, width, device=self.device, dtype=self.dtype)
+        try:
+            with torch.no_grad():
+                self.model.module(x)
+        except Exception as error:
+            raise SetupError(
+                f"--no-crop: model {self.model.name} takes only {pre.input_size} x "
+                f"{pre.input_size} inputs (a {height} x {width} input fails: "
+                f"{error_reason(error, 120)}); explain it with --crop"
+            ) from None
 
     def refused_record(self, problem: InputProblem) -> dict[str, Any]:
         """The failed record of an input refused while inputs were collected: ``input`` is
@@ -571,6 +630,7 @@ class BatchExplainer:
             "device": str(self.device),
             "precision": self.options.precision,
             "seconds": fields.get("seconds"),
+            "region": fields.get("region"),
         }
 
 

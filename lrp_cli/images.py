@@ -39,10 +39,13 @@ __all__ = [
     "ImageError",
     "InputItem",
     "InputProblem",
+    "Uncropped",
     "collect_inputs",
     "crop_image",
     "decode_input",
     "denormalize",
+    "image_size",
+    "input_region",
     "load_image",
     "load_npy_input",
     "read_npy_input",
@@ -351,8 +354,64 @@ _RESAMPLE = {
 _FULL_RESIZE_FACTOR = 16
 
 
+@dataclass(frozen=True)
+class Uncropped:
+    """A model's preprocessing without the centre crop (``lrp explain --no-crop``): the whole
+    image, its shorter side resized to ``resize``, with the same filter, mean and std."""
+
+    input_size: int
+    resize: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    crop: bool = False
+
+    @classmethod
+    def of(cls, preprocessing: _Preprocessing) -> Uncropped:
+        mode = str(getattr(preprocessing, "interpolation", "bilinear") or "bilinear")
+        mean, std = tuple(preprocessing.mean), tuple(preprocessing.std)
+        return cls(int(preprocessing.input_size), int(preprocessing.resize), mean, std, mode)
+
+
+def _cropped(preprocessing: _Preprocessing) -> bool:
+    return bool(getattr(preprocessing, "crop", True))
+
+
+def input_region(
+    width: int, height: int, preprocessing: _Preprocessing
+) -> tuple[float, float, float, float]:
+    """The box ``(left, top, right, bottom)`` of a ``width`` x ``height`` (upright) image, in
+    its own pixels, that the model input made by :func:`crop_image` covers.
+
+    Exact: the resize maps resized pixel edges ``x`` to ``x * width / new_width``, and the crop
+    starts where :func:`crop_image` starts it; a box reaching outside the image (negative, or
+    beyond its size) is the zero padding of an image smaller than the crop.
+    """
+    if not _cropped(preprocessing):
+        return 0.0, 0.0, float(width), float(height)
+    crop = int(preprocessing.input_size)
+    new_w, new_h = _resized_size(width, height, int(preprocessing.resize))
+    left, _, pad_x = _crop_span(new_w, crop)
+    top, _, pad_y = _crop_span(new_h, crop)
+    x0, y0 = left - pad_x, top - pad_y
+    sx, sy = width / new_w, height / new_h
+    return x0 * sx, y0 * sy, (x0 + crop) * sx, (y0 + crop) * sy
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) of an image file as :func:`load_image` returns it (EXIF rotation
+    applied), from its header (PNG: decoded, its EXIF block may follow the pixels)."""
+    with warnings.catch_warnings(), _pil_limit_lifted(), Image.open(path) as image:
+        warnings.simplefilter("ignore")
+        if image.format == "PNG":
+            image.load()
+        width, height = image.size
+        return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
+
+
 def crop_image(image: Image.Image, preprocessing: _Preprocessing) -> Image.Image:
-    """Resize the shorter side to ``resize`` (antialiased), centre-crop a square.
+    """Resize the shorter side to ``resize`` (antialiased), centre-crop a square (not for
+    :class:`Uncropped` preprocessing: the whole resized image).
 
     This is exactly torchvision's classification preset (``Resize(resize)`` then
     ``CenterCrop(input_size)`` on a PIL image), with the filter named by the optional
@@ -372,6 +431,10 @@ def crop_image(image: Image.Image, preprocessing: _Preprocessing) -> Image.Image
     if mode not in _RESAMPLE:
         raise ValueError(f"unknown interpolation {mode!r}; use one of {', '.join(_RESAMPLE)}")
     resample = _RESAMPLE[mode]
+    if not _cropped(preprocessing):
+        return (
+            image if (new_w, new_h) == (width, height) else image.resize((new_w, new_h), resample)
+        )
     if new_w * new_h <= _FULL_RESIZE_FACTOR * size * size:
         resized = (
             image if (new_w, new_h) == (width, height) else image.resize((new_w, new_h), resample)
@@ -700,7 +763,18 @@ def decode_input(
         expected = (len(tuple(preprocessing.mean)), size, size)
         array = read_npy_input(path, expected=expected)
         return array[None] if array.ndim == 3 else array
-    return to_array(crop_image(load_image(path, max_pixels), preprocessing), preprocessing)[None]
+    image = load_image(path, max_pixels)
+    if not _cropped(preprocessing):
+        size = int(preprocessing.resize)
+        new_w, new_h = _resized_size(*image.size, size)
+        if new_w * new_h > _FULL_RESIZE_FACTOR * size * size:
+            raise ImageError(
+                path,
+                f"{image.width} x {image.height} is too elongated to explain uncropped (it would "
+                f"be {new_w} x {new_h} pixels)",
+                "explain it with --crop",
+            )
+    return to_array(crop_image(image, preprocessing), preprocessing)[None]
 
 
 def try_decode_input(

@@ -35,6 +35,7 @@ __all__ = [
     "output_paths",
     "output_stem",
     "overlay",
+    "overlay_on_photo",
     "render_heatmap",
     "save_npy",
     "save_png",
@@ -173,6 +174,58 @@ def overlay(heatmap: Image.Image, photo: Image.Image, alpha: float = 0.5) -> Ima
     if photo.size != heatmap.size:
         photo = photo.resize(heatmap.size, Image.Resampling.BILINEAR)
     return Image.blend(photo, heatmap, alpha)
+
+
+def overlay_on_photo(
+    relevance: np.ndarray,
+    photo: Image.Image,
+    region: tuple[float, float, float, float],
+    cmap: str = "bwr",
+    vmax: float | None = None,
+    alpha: float = 0.5,
+    dim: float = 0.6,
+) -> Image.Image:
+    """The heatmap over the original photo, at the photo's own resolution.
+
+    ``relevance`` (H, W) is the map at the model's input resolution; it covers ``region`` =
+    (left, top, right, bottom) of the photo in the photo's pixels (see
+    :func:`lrp_cli.images.input_region`) and is resampled onto it bilinearly, then coloured
+    with the limit ``vmax`` of the model-resolution map (None: its largest |relevance|). What
+    the crop cut away is shown dimmed (``dim``: how far towards dark grey).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be between 0 and 1, not {alpha}")
+    r = np.nan_to_num(_as_map(relevance).astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    height, width = r.shape
+    left, top, right, bottom = region
+    photo = photo.convert("RGB")
+    a, e = width / (right - left), height / (bottom - top)
+    # output pixel centre (x + 0.5) -> model-input coordinate ((x + 0.5) - left) * a
+    field = Image.fromarray(r, mode="F").transform(
+        photo.size,
+        Image.Transform.AFFINE,
+        (a, 0.0, -left * a, 0.0, e, -top * e),
+        resample=Image.Resampling.BILINEAR,
+    )
+    limit = color_limit(r, vmax=vmax)
+    heat = render_heatmap(np.asarray(field), cmap, vmax=limit)
+    blended = Image.blend(photo, heat, alpha)
+    dimmed = Image.blend(photo, Image.new("RGB", photo.size, (40, 40, 40)), dim)
+    inside = np.zeros((photo.height, photo.width), np.uint8)
+    x0, x1 = _pixel_span(left, right, photo.width)
+    y0, y1 = _pixel_span(top, bottom, photo.height)
+    inside[y0:y1, x0:x1] = 255
+    return Image.composite(blended, dimmed, Image.fromarray(inside, mode="L"))
+
+
+def _pixel_span(low: float, high: float, size: int) -> tuple[int, int]:
+    """The pixels whose centres lie in [low, high), within 0..size; at least the one pixel
+    holding the span's middle when it is narrower than a pixel (a 1-pixel-wide strip)."""
+    start, stop = max(0, math.ceil(low - 0.5)), min(size, math.ceil(high - 0.5))
+    if stop <= start:
+        start = min(size - 1, max(0, math.floor((low + high) / 2)))
+        stop = start + 1
+    return start, stop
 
 
 # --------------------------------------------------------------------------------------------

@@ -143,8 +143,8 @@ def test_builtin_model_on_sample_photos(tmp_path):
         check_outputs(record, 224)
         # without -c: the built-in model's recommended preset (README: faithfulness)
         assert record["model"] == "efficientnet_lite0" and record["config"] == "epsilon-gamma-box"
-        with Image.open(record["outputs"]["overlay"]) as picture:
-            assert picture.mode == "RGB" and picture.size == (224, 224)
+        with Image.open(record["outputs"]["overlay"]) as picture, Image.open(record["input"]) as o:
+            assert picture.mode == "RGB" and picture.size == o.size  # on the original photo
     assert "cat" in found["chelsea-cat.jpg"]["class_name"].lower()
     assert found["coffee-cup.jpg"]["class_name"] in ("espresso", "cup", "coffee mug")
     assert Path(found["chelsea-cat.jpg"]["outputs"]["heatmap"]) == out / "chelsea-cat.png"

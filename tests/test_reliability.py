@@ -18,6 +18,8 @@ import torch
 import torchvision
 from PIL import Image
 
+from lrp_cli.images import load_image
+
 from .test_cli import (
     SIZE,
     error_lines,
@@ -120,9 +122,14 @@ def test_bad_inputs_fail_alone_and_never_change_the_good_outputs(tmp_path, tiny_
     # the good files' outputs are byte for byte those of a run without the bad files
     assert tree(tmp_path / "out") == tree(tmp_path / "out-clean")
     assert len(tree(tmp_path / "out")) == 3 * len(good)
-    for png in (tmp_path / "out").rglob("*.png"):
-        with Image.open(png) as image:  # whatever the odd format, size or rotation
-            assert image.size == (SIZE, SIZE) and image.mode == "RGB"
+    for record in (r for r in found if r["status"] == "explained"):
+        # whatever the odd format, size or rotation: heatmaps at the model's resolution,
+        # overlays at the upright photo's (a .npy's at the model's)
+        path = record["input"]
+        photo = (SIZE, SIZE) if path.endswith(".npy") else load_image(path).size
+        for kind, size in (("heatmap", (SIZE, SIZE)), ("overlay", photo)):
+            with Image.open(record["outputs"][kind]) as image:
+                assert image.size == size and image.mode == "RGB", (path, kind)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
