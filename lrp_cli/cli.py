@@ -289,6 +289,22 @@ _device_options = _options(
         help="Floating-point precision of the computation.",
     ),
 )
+_target_option = _option(
+    "-t", "--target", default="top1", help="Class: top1, a class index or a class name."
+)
+
+
+def _out_folder_option(default: str, help: str) -> Callable:
+    """``-o/--out``: the command's output folder."""
+    return _option(
+        "-o",
+        "--out",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path(default),
+        help=help,
+    )
+
+
 _config_option = _option(
     "-c",
     "--config",
@@ -409,12 +425,8 @@ def main() -> None:
     default="top1",
     help="Class to explain: top1 (each input's top class), a class index or a class name.",
 )
-@_option(
-    "-o",
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("lrp-out"),
-    help="Output folder; inputs from a folder keep their sub-folders under it.",
+@_out_folder_option(
+    "lrp-out", "Output folder; inputs from a folder keep their sub-folders under it."
 )
 @_option("--batch-size", type=click.IntRange(min=1), default=8, help="Inputs per engine call.")
 @_device_options
@@ -723,7 +735,7 @@ def inspect(**opt: Any) -> None:
     help="What is measured: the target's logit, its probability or its log-odds.",
 )
 @_start_option
-@_option("-t", "--target", default="top1", help="Class: top1, a class index or a class name.")
+@_target_option
 @_option("--seed", type=int, default=0, help="Seed of the noise and random orders.")
 @_option(
     "--batch-size",
@@ -867,14 +879,8 @@ def _write_results(results, json_path: Path | None, plot: Path | None, evaluatio
     "A column: a preset, a YAML file, or the baseline gradient, gradient-x-input or gradcam; "
     "repeat for more columns, drawn in the order given.",
 )
-@_option("-t", "--target", default="top1", help="Class: top1, a class index or a class name.")
-@_option(
-    "-o",
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("lrp-out"),
-    help="Output folder for NAME.compare.png, one picture per input.",
-)
+@_target_option
+@_out_folder_option("lrp-out", "Output folder for NAME.compare.png, one picture per input.")
 @_option(
     "--grid",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -952,13 +958,10 @@ def compare(inputs: tuple[str, ...], **opt: Any) -> None:
 )
 @_model_options
 @_config_option
-@_option("-t", "--target", default="top1", help="Class: top1, a class index or a class name.")
-@_option(
-    "-o",
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("spray-out"),
-    help="Output folder: spray.json, spray.html, clusters/ (and maps/ when explaining here).",
+@_target_option
+@_out_folder_option(
+    "spray-out",
+    "Output folder: spray.json, spray.html, clusters/ (and maps/ when explaining here).",
 )
 @_option(
     "--class",
