@@ -579,7 +579,7 @@ def _early_decoder(items, opt: dict[str, Any]):
     pre = known_preprocessing(
         opt["model"], input_size=opt["input_size"], mean=opt["mean"], std=opt["std"]
     )
-    if pre is None or len(items) < 2:
+    if pre is None or len(items) < 2 or not opt["crop"]:  # --no-crop decodes otherwise
         return None
     return Decoder(items, pre, max_pixels=opt["max_pixels"], workers=opt["workers"])
 

@@ -230,7 +230,10 @@ def test_exit_status_1_when_some_inputs_fail(tmp_path, tiny_weights):
     assert len(errors) == 2
     assert any("empty.jpg" in e and "empty" in e for e in errors)
     assert any("missing.png" in e and "no such file" in e for e in errors)
-    good_record, bad_record = records(result.stdout)
+    # the missing path was refused while collecting: its record comes first
+    missing_record, good_record, bad_record = records(result.stdout)
+    assert missing_record["status"] == "failed" and "no such file" in missing_record["error"]
+    assert missing_record["input"] == str(tmp_path / "missing.png")
     check_outputs(good_record, SIZE)
     assert bad_record["status"] == "failed" and "empty" in bad_record["error"]
     assert "(1 heatmaps, 2 failed)" in result.stderr
