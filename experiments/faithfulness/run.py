@@ -116,6 +116,42 @@ def table(path: str) -> str:
     return "\n".join(lines)
 
 
+def summary(path: str) -> str:
+    """One table: SRG per method (rows) and protocol (columns), then the random order's AOPC."""
+    data = json.loads(Path(path).read_text())
+    protocols = data["protocols"]
+    names = list(protocols)
+    rows = {n: {(r["method"], r["order"]): r for r in p["results"]} for n, p in protocols.items()}
+    first = rows[names[0]]
+    methods = [m for m, o in first if o == "morf"]
+    methods.sort(key=lambda m: -sum(rows[n][m, "morf"]["srg"] for n in names))
+    n_photos = len(data["inputs"])
+    lines = [
+        "| SRG (mean ± std over photos; photos where > random map's) | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for m in methods:
+        cells = []
+        for n in names:
+            r = rows[n][m, "morf"]
+            base = [p["srg"] for p in rows[n]["random", "morf"]["per_image"]]
+            wins = sum(p["srg"] > b for p, b in zip(r["per_image"], base, strict=True))
+            extra = "" if m == "random" else f" ({wins}/{n_photos})"
+            cells.append(f"{r['srg']:.2f} ± {r['srg_std']:.2f}{extra}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    cells = []
+    for n in names:
+        rnd = next(r for (_, o), r in rows[n].items() if o == "random")
+        cells.append(f"{rnd['aopc']:.2f} ± {rnd['aopc_std']:.2f}")
+    lines.append("| *random order: MoRF AOPC (drop from the perturbation alone)* | "
+                 + " | ".join(cells) + " |")  # fmt: skip
+    best = [max(rows[n][m, "morf"]["aopc"] for m in methods) for n in names]
+    lines.append("| *best MoRF AOPC, for scale* | " + " | ".join(f"{b:.2f}" for b in best) + " |")
+    cost = [f"{protocols[n]['ms_per_image_and_step']:.0f}" for n in names]
+    lines.append("| *ms per image and step (1 thread, shared CPU)* | " + " | ".join(cost) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", choices=["skimage", "heldout"], default="skimage")
@@ -126,8 +162,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table", metavar="JSON", help="print the tables of a results file")
+    parser.add_argument("--summary", metavar="JSON", help="print one table of a results file")
     args = parser.parse_args()
-    if args.table:
+    if args.summary:
+        print(summary(args.summary))
+    elif args.table:
         print(table(args.table))
     else:
         measure(args)
