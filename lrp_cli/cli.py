@@ -463,7 +463,8 @@ def main() -> None:
     flag_value="",
     default=None,
     help="At the end, write one self-contained HTML page of the run (thumbnails, classes, "
-    "failures; filter and sort in the browser) to PATH, or OUT/index.html without a value.",
+    "failures; filter and sort in the browser) to PATH, or OUT/index.html without a value "
+    "(then give it after the inputs, or as --report=PATH: a bare --report takes the next word).",
 )
 @_option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @_option(
