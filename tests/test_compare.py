@@ -14,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from lrp_cli.analysis import compare as cmp
+from lrp_cli.config import load_config
 from lrp_cli.engine import Explainer
 from lrp_cli.explain import SetupError
 from lrp_cli.images import InputItem
@@ -186,3 +187,25 @@ def test_shared_scale_end_to_end(tmp_path):
     with Image.open(own.written[0]) as a, Image.open(shared.written[0]) as b:
         assert all(saturated(cell_of(a, own, 0, k)) for k in (1, 2))
         assert [saturated(cell_of(b, shared, 0, k)) for k in (1, 2)].count(True) == 1
+
+
+def test_gradcam_column_and_the_log_odds_start_reach_the_columns():
+    from lrp_cli.analysis.evaluate import gradcam_attribution
+
+    model = tiny()
+    columns, _ = cmp.resolve_columns(
+        model, ["gradcam", "epsilon"], start="log-odds", cam_layer="layer3"
+    )
+    assert [c.label for c in columns] == ["gradcam", "epsilon"]
+    assert all(c.problem is None for c in columns)
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([1, 7])
+    expected = gradcam_attribution(model.module, x, targets, layer="layer3")
+    torch.testing.assert_close(columns[0].attribute(x, targets), expected)
+    assert not torch.allclose(expected, gradcam_attribution(model.module, x, targets))
+    composite = load_config("epsilon").composite()
+    bounds = model.preprocessing.bounds()
+    odds = Explainer(model.module, composite, start="log-odds", input_bounds=bounds)
+    torch.testing.assert_close(
+        columns[1].attribute(x, targets), odds(x, targets).relevance.sum(dim=1)
+    )

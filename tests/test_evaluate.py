@@ -587,3 +587,48 @@ def test_gradcam_equals_a_direct_computation():
     linear, xl, _ = make_linear(n=2, h=6, w=6)
     with pytest.raises(ValueError, match="spatial"):
         gradcam_attribution(linear, xl, 0)
+
+
+# --- the runner behind lrp evaluate -------------------------------------------------------------
+
+
+def test_evaluation_gives_both_orders_the_srg_and_times_the_curves(tmp_path):
+    from PIL import Image
+
+    from lrp_cli.analysis.evaluate_run import Evaluation
+    from lrp_cli.config import load_config
+    from lrp_cli.images import InputItem
+    from lrp_cli.models import LoadedModel, Preprocessing
+
+    module = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(16, 3),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LoadedModel("tiny", module.eval(), Preprocessing(input_size=16, resize=16))
+    items = []
+    for k in range(2):
+        path = tmp_path / f"{k}.png"
+        pixels = np.random.default_rng(k).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path)
+        items.append(InputItem(path, path.relative_to(tmp_path)))
+    evaluation = Evaluation(
+        model, [load_config("zero")], ["gradcam"], device="cpu", region=4, steps=5,
+        orders=("morf", "lerf", "random"), start="log-odds", cam_layer="1",
+    )  # fmt: skip
+    assert evaluation.load(items) == []
+    results, errors = evaluation.run()
+    assert errors == []
+    by = {(r.method, r.order): r for r in results}
+    assert set(by) == {(m, o) for m in ("zero", "gradcam") for o in ("morf", "lerf", "random")}
+    for method in ("zero", "gradcam"):
+        morf, lerf = by[method, "morf"], by[method, "lerf"]
+        assert morf.srg == lerf.srg == pytest.approx(lerf.auc - morf.auc)
+        assert by[method, "random"].srg is None
+    assert evaluation.forwards == 2 * 6 * 5  # the random order is measured once
+    assert "2 inputs x 6 steps x 5 curves" in evaluation.timing()
+    assert "ms per image and step" in evaluation.timing()
+    bad = Evaluation(model, [], ["gradcam"], device="cpu", region=4, steps=5, cam_layer="9")
+    bad.load(items)
+    results, errors = bad.run()
+    assert results == [] and "not a module of the model" in errors[0]
