@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -364,6 +365,47 @@ def test_layernorm_rule_against_the_formula_and_zero_bias():
         torch.testing.assert_close(result.relevance, expected, rtol=1e-9, atol=1e-12)
         if zero_bias:  # beta left out of the denominator: the rule conserves
             torch.testing.assert_close(result.relevance.sum(1), r_y.sum(1), rtol=1e-9, atol=0)
+
+
+class _FunctionalGroupNorm(nn.Module):
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x):  # as timm's GroupNorm1 calls it
+        n = self.norm
+        return F.group_norm(x, n.num_groups, n.weight, n.bias, n.eps)
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["module", "F.group_norm"])
+def test_groupnorm_gets_the_layernorm_rule_within_each_group(functional):
+    """GroupNorm: the LN-rule per group, written here as the gradient of the norm with each
+    group's sigma held constant (an independent form), and conserving under zero_bias."""
+    torch.manual_seed(7)
+    gn = nn.GroupNorm(2, 4).to(DT)
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.normal_(0, 0.3)
+    norm = _FunctionalGroupNorm(gn) if functional else gn
+    model = nn.Sequential(norm, nn.Flatten(), nn.Linear(4 * 3 * 3, 3, bias=False)).to(DT).eval()
+    x = torch.randn(2, 4, 3, 3, dtype=DT).contiguous(memory_format=torch.channels_last)
+    for zero_bias in (False, True):
+        composite = Composite(default=ZeroRule(), layernorm=LayerNormRule(0.0, zero_bias))
+        result = Explainer(model, composite)(x, target=0)
+        leaf = x.detach().clone().requires_grad_()
+        groups = leaf.reshape(2, 2, -1)
+        mean = groups.mean(-1, keepdim=True)
+        sigma = (groups.var(-1, unbiased=False, keepdim=True) + gn.eps).sqrt().detach()
+        y = ((groups - mean) / sigma).reshape(x.shape) * gn.weight.view(1, -1, 1, 1)
+        y = y + gn.bias.view(1, -1, 1, 1)
+        with torch.no_grad():
+            r_y = y * model[2].weight[0].view(1, 4, 3, 3)
+            z = y - gn.bias.view(1, -1, 1, 1) if zero_bias else y
+        (grad,) = torch.autograd.grad(y, leaf, r_y / z)
+        torch.testing.assert_close(result.relevance, x * grad, rtol=1e-9, atol=1e-12)
+        if zero_bias:
+            total = result.relevance.sum((1, 2, 3))
+            torch.testing.assert_close(total, r_y.sum((1, 2, 3)), rtol=1e-9, atol=0)
 
 
 def test_config_keys_for_the_new_nodes():

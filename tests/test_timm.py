@@ -41,6 +41,7 @@ DT = torch.float64
     "name, side",
     [("resnet50", 32), ("efficientnet_b0", 32), ("convnext_tiny", 32),
      ("vit_small_patch16_224", 224), ("mobilenetv3_small_100", 64), ("hrnet_w18_small", 64),
+     ("poolformer_s12", 64),
      pytest.param("swin_tiny_patch4_window7_224", 224, marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_lrp0_conserves_on_timm_models(name, side):
