@@ -19,6 +19,7 @@ import click
 from . import __version__
 from .config import ConfigError, list_presets, load_config
 from .images import DEFAULT_MAX_PIXELS
+from .messages import DEBUG_VARIABLE
 from .models import BUILTIN_MODEL, ModelError
 from .outputs import CMAP_NAMES, OutputError, silence_stdout
 
@@ -397,7 +398,14 @@ def _collect(inputs: tuple[str, ...], null: bool, exclude: Iterable[Path] = (), 
     },
 )
 @click.version_option(__version__, "-V", "--version", prog_name="lrp")
-def main() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="LRP_DEBUG",
+    help="Also print the traceback of each unexpected error (an engine, model or decoder "
+    "failure), which is otherwise one line.",
+)
+def main(debug: bool) -> None:
     """Explain PyTorch image classifiers with Layer-wise Relevance Propagation (LRP).
 
     Every option can also be set in the environment: LRP_<COMMAND>_<OPTION>, e.g.
@@ -413,6 +421,8 @@ def main() -> None:
       lrp inspect -c montavon-vgg16 -m vgg16     # which layer gets which rule, and why
       lrp evaluate sample_images/ -c epsilon-plus-flat -c epsilon --baseline random,gradient
     """
+    if debug:
+        os.environ[DEBUG_VARIABLE] = "1"
 
 
 @main.command()

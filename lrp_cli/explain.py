@@ -36,7 +36,7 @@ from .images import (
     input_region,
     load_image,
 )
-from .messages import error_reason
+from .messages import error_reason, show_traceback
 from .outputs import (
     OutputError,
     OutputPaths,
@@ -470,6 +470,7 @@ class BatchExplainer:
         try:
             result = self.explainer(x, self.target)
         except Exception as error:  # the engine failed on this batch: its inputs fail, not the run
+            show_traceback(error)
             for entry in group:
                 entry.records = [self._failed(entry, f"explaining failed: {error_reason(error)}")]
             return
@@ -519,6 +520,7 @@ class BatchExplainer:
         except (OutputError, ImageError) as error:
             return self._record(entry, k, error=str(error), **fields)
         except Exception as error:  # rendering failed: this sample fails, not the run
+            show_traceback(error)
             problem = f"writing its outputs failed: {error_reason(error)}"
             return self._record(entry, k, error=_message(entry, k, problem, ""), **fields)
         seconds = round(share + time.perf_counter() - start, 6)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 import numpy as np
 from PIL import Image
 
-from .messages import error_reason, one_line
+from .messages import error_reason, one_line, show_traceback
 from .outputs import output_stem
 
 if TYPE_CHECKING:
@@ -787,4 +787,5 @@ def try_decode_input(
     except ImageError as error:
         return None, str(error)
     except Exception as error:  # a bug or out of memory must not end the whole run
+        show_traceback(error)
         return None, f"{one_line(item.path)}: unexpected error: {error_reason(error)}"

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .messages import error_reason
+from .messages import error_reason, show_traceback
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -380,6 +380,7 @@ def _load_callable(
     try:
         mod = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or any error raised by the user's module itself
+        show_traceback(exc)
         raise ModelError(
             f"cannot import {module_name!r} for model {spec!r}: {error_reason(exc)}"
         ) from None
@@ -391,6 +392,7 @@ def _load_callable(
     try:
         module = factory(num_classes=num_classes) if num_classes is not None else factory()
     except Exception as exc:
+        show_traceback(exc)
         raise ModelError(f"calling {spec} failed: {error_reason(exc)}") from None
     if not isinstance(module, nn.Module):
         raise ModelError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")

@@ -381,8 +381,16 @@ def test_a_batch_the_engine_fails_on_fails_its_inputs_only(tmp_path, tiny_weight
     assert by_name["x1.npy"]["error"].endswith("explaining failed: boom with a second line")
     assert [by_name[f"x{i}.npy"]["status"] for i in (0, 2)] == ["explained", "explained"]
     (line,) = error_lines(result.stderr)
-    assert "x1.npy" in line and "boom" in line
+    assert "x1.npy" in line and "boom" in line and "Traceback" not in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["x0.npy", "x0.png", "x2.npy", "x2.png"]
+    # --debug (or LRP_DEBUG=1) adds the traceback that the one line stands for
+    monkeypatch.delenv("LRP_DEBUG", raising=False)  # restored after the test: --debug sets it
+    for debug, env in ((["--debug"], None), ([], {"LRP_DEBUG": "1"})):
+        calls.clear()
+        again = run([*debug, "explain", *inputs, "-o", out, *options, "--overwrite"], env=env)
+        assert again.exit_code == 1
+        assert "Traceback (most recent call last)" in again.stderr
+        assert "RuntimeError: boom" in again.stderr and "in fail_second_batch" in again.stderr
 
 
 def test_stale_temporary_files_of_dead_runs_are_removed(tmp_path, tiny_weights):

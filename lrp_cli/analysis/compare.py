@@ -37,7 +37,7 @@ from ..explain import (
     resolve_target,
 )
 from ..images import DEFAULT_MAX_PIXELS, InputItem, denormalize
-from ..messages import error_reason
+from ..messages import error_reason, show_traceback
 from ..models import LoadedModel
 from ..outputs import (
     CMAP_NAMES,
@@ -185,6 +185,7 @@ def compare(
                 [column.attribute(*p).detach().float().cpu() for p in parts]
             ).numpy()
         except (ValueError, TypeError, RuntimeError) as error:
+            show_traceback(error)
             column.problem = f"explaining failed: {error_reason(error)}"
             problems.append(f"{column.label}: {column.problem}")
     result.problems = problems
