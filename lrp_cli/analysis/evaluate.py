@@ -756,6 +756,9 @@ def plot_curves(
 ) -> Path:
     """Write a PNG with one line (mean curve, +-1 std band) per method/order; returns the path.
 
+    One colour per method, one line style per order (MoRF solid, LeRF dashed, random dotted);
+    the bands are drawn for up to four curves (more would cover each other).
+
     Written atomically: to a temporary file in the same folder, then renamed over ``path``.
     Needs matplotlib (``pip install 'lrp-cli[plots]'``); uses the Agg canvas directly, so no
     global backend is changed.
@@ -767,6 +770,7 @@ def plot_curves(
     if len(scores) != 1:
         raise ValueError(f"results must all use the same score; got {sorted(scores)}")
     try:
+        import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -778,15 +782,22 @@ def plot_curves(
     fig = Figure(figsize=(6.4, 4.4), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    cycle = [c["color"] for c in matplotlib.rcParams["axes.prop_cycle"]]
+    colours = {
+        m: cycle[k % len(cycle)] for k, m in enumerate(dict.fromkeys(r.method for r in results))
+    }
+    styles = {"morf": "-", "lerf": "--", "random": ":"}
     for r in results:
         steps = list(range(len(r.curve)))
-        (line,) = ax.plot(steps, r.curve, label=f"{r.method} ({r.order})")
-        if len(r.curve_std) == len(r.curve) and any(s > 0 for s in r.curve_std):
+        colour = colours[r.method]
+        ax.plot(steps, r.curve, styles[r.order], color=colour, label=f"{r.method} ({r.order})")
+        if len(results) <= 4 and len(r.curve_std) == len(r.curve) and any(r.curve_std):
             low = [m - s for m, s in zip(r.curve, r.curve_std, strict=True)]
             high = [m + s for m, s in zip(r.curve, r.curve_std, strict=True)]
-            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+            ax.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
     ax.set_xlabel("perturbation steps")
-    ax.set_ylabel("target score (logit)" if scores.pop() == "logit" else "target probability")
+    labels = {"logit": "target score (logit)", "probability": "target probability"}
+    ax.set_ylabel(labels.get(scores.pop(), "target log-odds"))
     if title:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
