@@ -193,14 +193,14 @@ def _model_kind(name: str) -> tuple[str, str]:
     """``("timm", name)``, ``("callable", spec)``, ``("builtin", key)`` or
     ``("torchvision", key)`` for a model name."""
     spec = name.strip()
+    if spec.lower().startswith("timm:"):
+        return "timm", spec[len("timm:") :].strip()
     if ":" in spec:
         return "callable", spec
     key = spec.lower().replace("-", "_")
     return ("builtin" if key == BUILTIN_MODEL else "torchvision"), key
 
 
-    if spec.lower().startswith("timm:"):
-        return "timm", spec[len("timm:") :].strip()
 def _check_overrides(
     input_size: int | None,
     mean: tuple[float, ...] | None,
