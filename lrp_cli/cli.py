@@ -766,6 +766,11 @@ def inspect(**opt: Any) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write a PNG plot of the mean curves here (needs matplotlib).",
 )
+@_option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write one self-contained HTML page of the results (and the --plot) here.",
+)
 @_option("-q", "--quiet", is_flag=True, help="Print errors only: no progress.")
 def evaluate(inputs: tuple[str, ...], **opt: Any) -> None:
     """Measure how faithful heatmaps are (region perturbation: SRG, AOPC).
@@ -825,6 +830,11 @@ def evaluate(inputs: tuple[str, ...], **opt: Any) -> None:
         if not opt["quiet"]:
             _say(evaluation.timing())
         _write_results(results, opt["json_path"], opt["plot"], evaluation)
+        if opt["report"] is not None:
+            from .analysis.pages import write_evaluate_page
+
+            page_args = (results, evaluation.describe(), opt["plot"])
+            _write_page(opt["report"], write_evaluate_page, *page_args)
     sys.exit(EXIT_FAILED if problems or failures or errors else 0)
 
 
@@ -898,6 +908,11 @@ def _write_results(results, json_path: Path | None, plot: Path | None, evaluatio
     help="Also write every input in one picture here, one row per input.",
 )
 @_option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write one self-contained HTML page of all the pictures here.",
+)
+@_option(
     "--shared-scale",
     is_flag=True,
     help="One colour scale per row (its largest |relevance|) instead of one per heatmap.",
@@ -954,7 +969,21 @@ def compare(inputs: tuple[str, ...], **opt: Any) -> None:
     elif not opt["quiet"]:
         count = len(result.written)
         _say(f"wrote {count} picture{'s' * (count != 1)} ({rows} inputs x {columns} columns)")
+    if opt["report"] is not None and rows:
+        from .analysis.pages import write_compare_page
+
+        pictures = [p for p in result.written if p != opt["grid"]]  # the grid repeats them
+        _write_page(opt["report"], write_compare_page, pictures, result.problems + result.errors)
     sys.exit(EXIT_FAILED if problems or result.problems or result.errors or not rows else 0)
+
+
+def _write_page(path: Path, write: Callable, *args: Any) -> None:
+    """An analysis page (--report); a page that cannot be written is a one-line error."""
+    try:
+        write(path, *args)
+    except (OutputError, OSError) as error:
+        raise CliError(f"report not written: {' '.join(str(error).split())}") from None
+    _say(f"report -> {path}")
 
 
 @main.command()
