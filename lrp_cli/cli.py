@@ -465,7 +465,19 @@ def main(debug: bool) -> None:
     "(cropped-away margins dimmed).",
 )
 @_option("--alpha", type=click.FloatRange(0, 1), default=0.5, help="Heatmap opacity in overlays.")
-@_option("--jsonl", metavar="PATH|-", help="Write one JSON record per input here ('-': stdout).")
+@_option(
+    "--jsonl",
+    metavar="PATH|-",
+    help="Write one JSON record per input here ('-': stdout; a folder: records.jsonl in it, "
+    "records-INDEX-of-COUNT.jsonl for a shard).",
+)
+@_option(
+    "--shard",
+    metavar="INDEX/COUNT",
+    help="Explain only this part of the inputs (0/4 ... 3/4), split by a hash of each input's "
+    "path: start one process per part, on any machines. Default: torchrun's RANK/WORLD_SIZE or "
+    "a Slurm array's task id and count, when set.",
+)
 @_option(
     "--report",
     metavar="PATH",
@@ -524,6 +536,7 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
 
     from .explain import BatchExplainer, ExplainOptions
     from .outputs import RecordWriter
+    from .sharding import ShardError, records_file, resolve_shard
 
     if opt["overwrite"] and opt["skip_existing"]:
         raise click.UsageError("--overwrite and --skip-existing exclude each other")
@@ -531,6 +544,16 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
     same_names = {f.name: opt[f.name] for f in fields(ExplainOptions) if f.name in opt}
     # refused inputs are reported as records by the run, or here if it never starts
     items, problems = _collect(inputs, opt["null"], exclude=[opt["out"]], say=False)
+    try:
+        shard = resolve_shard(opt["shard"])
+    except ShardError as error:
+        raise CliError(str(error)) from None
+    if shard is not None:
+        listed = len(items)
+        items = shard.select(items)
+        problems = [p for p in problems if shard.holds(p.input)]
+        if not opt["quiet"]:
+            _say(f"{shard}: {len(items)} of {listed} inputs")
     decoder = _early_decoder(items, opt)
     try:
         with _before_work():
@@ -538,7 +561,7 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
             loaded = _load_model(opt)
             rules = rules or load_config(_model_config(loaded))
             runner = BatchExplainer(loaded, rules, ExplainOptions(existing=existing, **same_names))
-            writer = RecordWriter(opt["jsonl"]) if opt["jsonl"] else None
+            writer = RecordWriter(records_file(opt["jsonl"], shard)) if opt["jsonl"] else None
     except BaseException:
         for problem in problems:
             _say_error(problem)

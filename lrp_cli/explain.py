@@ -126,7 +126,8 @@ class Summary:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when PyTorch sees a GPU; ``cuda`` without one is a set-up error."""
+    """``auto`` picks CUDA when PyTorch sees a GPU; ``cuda`` without one is a set-up error.
+    Under torchrun (``LOCAL_RANK``) each process takes its own GPU of the node."""
     import torch
 
     if name not in DEVICES:
@@ -135,6 +136,9 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     elif name == "cuda" and not torch.cuda.is_available():
         raise SetupError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu or auto")
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    if name == "cuda" and local_rank.isdigit():  # torchrun: one GPU per process on a node
+        return torch.device("cuda", int(local_rank) % torch.cuda.device_count())
     return torch.device(name)
 
 
