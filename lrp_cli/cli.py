@@ -112,7 +112,7 @@ def _say_error(message: str) -> None:
 def _before_work() -> Iterator[None]:
     """Turn set-up errors (config, model, rules, device, output folder) into exit status 2."""
     from .engine import CompositeError, UnsupportedModelError
-    from .explain import SetupError
+    from .pipeline.prepare import SetupError
 
     try:
         yield
@@ -499,6 +499,38 @@ def main(debug: bool) -> None:
     type=click.IntRange(min=0),
     help="Image-decoding processes (default: up to 4, fewer than the CPU cores).",
 )
+@_option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    help="Where the work runs: here, or on a Ray cluster (pip install 'lrp-cli[ray]'), whose "
+    "workers each hold the model and write their outputs (inputs and OUT must then be on a "
+    "filesystem every node sees).",
+)
+@_option(
+    "--ray-address",
+    metavar="ADDR",
+    help="The Ray cluster to join (HOST:6379, ray://HOST:10001, auto). Default: RAY_ADDRESS, "
+    "else a local Ray started for the run.",
+)
+@_option(
+    "--ray-workers",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Ray workers (actors), each with its own copy of the model.",
+)
+@_option(
+    "--cpus-per-worker",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    help="CPUs each Ray worker reserves (also its torch threads).",
+)
+@_option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="GPUs each Ray worker reserves (0.5: two workers share one GPU).",
+)
 @_start_option
 @_option("-q", "--quiet", is_flag=True, help="Print errors only: no progress, no summary.")
 def explain(inputs: tuple[str, ...], **opt: Any) -> None:
@@ -532,52 +564,57 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
           --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5
       ls *.jpg | lrp explain - --jsonl - | jq -r '[.input, .class_name] | @tsv'
     """
-    from dataclasses import fields
-
-    from .explain import BatchExplainer, ExplainOptions
+    from .models import known_preprocessing
     from .outputs import RecordWriter
-    from .sharding import ShardError, records_file, resolve_shard
+    from .pipeline import ExplainOptions, ExplainRun, early_decoder, select_inputs
+    from .pipeline.sharding import ShardError, records_file, resolve_shard
 
     if opt["overwrite"] and opt["skip_existing"]:
         raise click.UsageError("--overwrite and --skip-existing exclude each other")
     existing = "overwrite" if opt["overwrite"] else "skip" if opt["skip_existing"] else "error"
-    same_names = {f.name: opt[f.name] for f in fields(ExplainOptions) if f.name in opt}
-    # refused inputs are reported as records by the run, or here if it never starts
-    items, problems = _collect(inputs, opt["null"], exclude=[opt["out"]], say=False)
+    options = _fill(ExplainOptions, opt, existing=existing)
     try:
         shard = resolve_shard(opt["shard"])
     except ShardError as error:
         raise CliError(str(error)) from None
-    if shard is not None:
-        listed = len(items)
-        items = shard.select(items)
-        problems = [p for p in problems if shard.holds(p.input)]
-        if not opt["quiet"]:
-            _say(f"{shard}: {len(items)} of {listed} inputs")
-    decoder = _early_decoder(items, opt)
+    # refused inputs are reported as records by the run, or here if it never starts
+    selected = select_inputs(
+        inputs, stdin=sys.stdin, null_separated=opt["null"], exclude=[opt["out"]], shard=shard
+    )
+    if shard is not None and not opt["quiet"]:
+        _say(f"{shard}: {len(selected.items)} of {selected.listed} inputs")
+    known = known_preprocessing(
+        opt["model"], input_size=opt["input_size"], mean=opt["mean"], std=opt["std"]
+    )
+    local = opt["executor"] == "local"  # Ray workers decode for themselves
+    decoder = early_decoder(
+        selected.items, known if opt["crop"] and local else None, opt["max_pixels"], opt["workers"]
+    )
     try:
         with _before_work():
+            executor = _executor(opt, decoder)  # first: a missing extra is found at once
             rules = load_config(opt["config"]) if opt["config"] else None  # quicker: first
             loaded = _load_model(opt)
             rules = rules or load_config(_model_config(loaded))
-            runner = BatchExplainer(loaded, rules, ExplainOptions(existing=existing, **same_names))
+            run = ExplainRun(loaded, rules, options)
             writer = RecordWriter(records_file(opt["jsonl"], shard)) if opt["jsonl"] else None
     except BaseException:
-        for problem in problems:
+        for problem in selected.refused:
             _say_error(problem)
         if decoder is not None:
             decoder.close()
         raise
     quiet = opt["quiet"]
     if not quiet:
-        for warning in runner.warnings:
+        for warning in run.warnings:
             _say(warning, "warning")
     report = None if opt["report"] is None else Path(opt["report"] or opt["out"] / "index.html")
     kept: list[dict] = []  # the records, for the report
+    total = len(selected.items) + len(selected.refused)
     try:
-        with _progress(not quiet, len(items) + len(problems), "explaining") as advance:
+        with _progress(not quiet, total, "explaining") as advance:
 
-            def on_item(records: list[dict]) -> bool:
+            def on_records(records: list[dict]) -> bool:
                 if report is not None:
                     kept.extend(records)
                 for record in records:
@@ -588,7 +625,9 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
                 advance()
                 return True
 
-            summary = runner.run(items, on_item, decoder, refused=problems)
+            summary = run.run(
+                selected.items, on_records, refused=selected.refused, executor=executor
+            )
     finally:
         if writer is not None:
             writer.close()
@@ -597,25 +636,37 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
         sys.exit(EXIT_PIPE)
     # written last, so that its presence means the run is complete
     unreported = report is not None and not summary.interrupted
-    unreported = unreported and not _write_report(report, kept, runner, quiet)
+    unreported = unreported and not _write_report(report, kept, run, quiet)
     if not quiet or summary.interrupted:
         _say(_explain_summary(summary, failed, opt["out"]))
     failed = failed or unreported
     sys.exit(EXIT_INTERRUPTED if summary.interrupted else EXIT_FAILED if failed else 0)
 
 
-def _early_decoder(items, opt: dict[str, Any]):
-    """Decoding started before torch is imported (seconds), when the model's preprocessing is
-    known without loading it; None otherwise, or for a single input."""
-    from .decoding import Decoder
-    from .models import known_preprocessing
+def _fill(settings: type, opt: dict[str, Any], **given: Any):
+    """The options dataclass ``settings`` from the command's options of the same names: the
+    one way options reach the Python API (``given`` adds those that have no option)."""
+    from dataclasses import fields
 
-    pre = known_preprocessing(
-        opt["model"], input_size=opt["input_size"], mean=opt["mean"], std=opt["std"]
+    names = {f.name for f in fields(settings) if f.init}
+    chosen = {name: opt[name] for name in names if name in opt and name not in given}
+    return settings(**chosen, **given)
+
+
+def _executor(opt: dict[str, Any], decoder):
+    """The executor that --executor names (Ray is imported only when chosen)."""
+    if opt["executor"] == "local":
+        from .pipeline import LocalExecutor
+
+        return LocalExecutor(decoder)
+    from .pipeline.raydata import RayExecutor
+
+    return RayExecutor(
+        opt["ray_address"],
+        opt["ray_workers"],
+        opt["gpus_per_worker"],
+        cpus_per_worker=opt["cpus_per_worker"],
     )
-    if pre is None or len(items) < 2 or not opt["crop"]:  # --no-crop decodes otherwise
-        return None
-    return Decoder(items, pre, max_pixels=opt["max_pixels"], workers=opt["workers"])
 
 
 def _write_report(path: Path, records: list[dict], runner, quiet: bool) -> bool:
@@ -690,7 +741,7 @@ def inspect(**opt: Any) -> None:
     """
     from rich.table import Table
 
-    from .explain import build_explainer
+    from .pipeline.prepare import build_explainer
 
     with _before_work():
         rules = load_config(opt["config"]) if opt["config"] else None
@@ -818,7 +869,7 @@ def evaluate(inputs: tuple[str, ...], **opt: Any) -> None:
           --baseline random,gradient,gradient-x-input,gradcam --plot curves.png
       lrp evaluate photos/ -m resnet50 -w r50.pth --perturbation road --json curves.json
     """
-    from .analysis.evaluate_run import Evaluation
+    from .analysis.evaluate_run import Evaluation, EvaluationSettings
 
     if opt["plot"] is not None and _missing("matplotlib"):
         raise CliError("--plot needs matplotlib: pip install 'lrp-cli[plots]'")
@@ -829,12 +880,8 @@ def evaluate(inputs: tuple[str, ...], **opt: Any) -> None:
         rules = [load_config(name) for name in opt["configs"]]
         loaded = _load_model(opt)
         rules = rules or [load_config(_model_config(loaded))]
-        names = (
-            "device precision target region steps perturbation score seed batch_size start "
-            "noise cam_layer"
-        )
-        settings = {name: opt[name] for name in names.split()}
-        evaluation = Evaluation(loaded, rules, opt["baseline"], orders=opt["order"], **settings)
+        settings = _fill(EvaluationSettings, opt, orders=opt["order"])
+        evaluation = Evaluation(loaded, rules, opt["baseline"], settings)
     if not opt["quiet"]:
         for warning in evaluation.warnings:
             _say(warning, "warning")
@@ -972,15 +1019,14 @@ def compare(inputs: tuple[str, ...], **opt: Any) -> None:
           -o compare/ --grid compare/grid.png --shared-scale
       lrp compare cat.jpg -m vgg16 -w vgg16.pth -c montavon-vgg16 -c my-rules.yaml -t tabby
     """
+    from .analysis.compare import CompareSettings
     from .analysis.compare import compare as draw
 
     items, problems = _collect(inputs, opt["null"], exclude=[opt["out"]])
     with _before_work():
         loaded = _load_model(opt)  # not via a config: one bad column must not stop the others
-        settings = ("target", "shared_scale", "cmap", "batch_size", "device", "precision",
-                    "max_pixels", "start", "cam_layer")  # fmt: skip
-        result = draw(loaded, items, opt["configs"], opt["out"], grid=opt["grid"],
-                      **{key: opt[key] for key in settings})  # fmt: skip
+        settings = _fill(CompareSettings, opt)
+        result = draw(loaded, items, opt["configs"], opt["out"], settings, grid=opt["grid"])
     if not opt["quiet"]:
         for warning in result.warnings:
             _say(warning, "warning")
@@ -1091,8 +1137,7 @@ def spray(inputs: tuple[str, ...], **opt: Any) -> None:
         raise CliError(str(error)) from None
     if bool(inputs) == bool(opt["source"]):
         raise click.UsageError("give INPUTS to explain or --from an earlier run (not both)")
-    names = "size absolute neighbors eigenvalues clusters seed view examples min_maps classes cmap"
-    settings = spray_run.SpraySettings(**{name: opt[name] for name in names.split()})
+    settings = _fill(spray_run.SpraySettings, opt)
     errors: list[str] = []
     preprocessing = None
     if opt["source"] is not None:
@@ -1124,13 +1169,10 @@ def spray(inputs: tuple[str, ...], **opt: Any) -> None:
 def _explain_for_spray(inputs: tuple[str, ...], opt: dict[str, Any]):
     """Explain the inputs into OUT/maps/ as lrp explain does: (maps, errors, warnings, crop)."""
     from .analysis.spray_run import explain_inputs
-    from .explain import ExplainOptions
+    from .pipeline import ExplainOptions
 
     items, problems = _collect(inputs, opt["null"], exclude=[opt["out"]])
-    names = "target batch_size device precision cmap max_pixels".split()
-    options = ExplainOptions(
-        out=opt["out"] / "maps", existing="overwrite", **{name: opt[name] for name in names}
-    )
+    options = _fill(ExplainOptions, opt, out=opt["out"] / "maps", existing="overwrite")
     with _before_work():
         loaded = _load_model(opt)
         rules = load_config(opt["config"])

@@ -48,6 +48,9 @@ class _Line(int):
     def of(self, key) -> int:
         return self.keys.get(key, int(self))
 
+    def __reduce__(self):  # pickle (Ray ships configs to its workers) cannot call __new__ alone
+        return (_Line, (int(self), self.keys))
+
 
 @dataclass(frozen=True)
 class RuleConfig:

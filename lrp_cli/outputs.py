@@ -11,7 +11,9 @@ import io
 import json
 import math
 import os
+import re
 import secrets
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -238,6 +240,24 @@ def _os_reason(error: BaseException) -> str:
     return one_line(f"{type(error).__name__}: {error}")
 
 
+def temporary_path(path: Path) -> Path:
+    """Where :func:`atomic_write` writes ``path`` first: ``.NAME.HOST.PID-HEX.tmp`` beside it,
+    so that whoever finds it left behind can tell whether its writer may still be running."""
+    return path.with_name(f".{path.name}.{_HOST}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def temporary_writer(name: str) -> int | None:
+    """The process id of the writer of temporary file ``name`` if it ran on this host (None:
+    not a temporary file, or one of another host, whose processes cannot be seen here)."""
+    match = _TEMPORARY.match(name)
+    return int(match.group(2)) if match and match.group(1) == _HOST else None
+
+
+# a host name as one word of a file name
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+_TEMPORARY = re.compile(r"^\..+\.([A-Za-z0-9_-]+)\.(\d+)-[0-9a-f]{8}\.tmp$")
+
+
 def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[IO[bytes]], object]) -> None:
     """Write a file through ``write_fn(binary_file)`` so that it appears whole or not at all.
 
@@ -253,7 +273,7 @@ def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[IO[bytes]], o
             f"{one_line(path.parent)}: cannot create the output folder: {_os_reason(error)}; "
             "choose another output folder or fix its permissions"
         ) from error
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = temporary_path(path)
     try:
         # O_EXCL: never follow or reuse an existing file; mode 0o666 lets the umask apply.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)

@@ -181,8 +181,8 @@ def test_npy_inputs_one_output_per_sample(tmp_path, tiny_weights):
 def test_npy_explained_as_is_matches_the_engine(tmp_path, tiny_weights):
     """No resizing or renormalising of .npy inputs: the saved map is the engine's own."""
     from lrp_cli.config import load_config
-    from lrp_cli.explain import build_explainer
     from lrp_cli.models import load_model
+    from lrp_cli.pipeline.prepare import build_explainer
 
     path = write_npy(tmp_path / "x.npy")
     result = run(["explain", path, *tiny_model(tiny_weights), "-o", tmp_path / "out"])
@@ -310,19 +310,19 @@ def test_target_by_class_name(tmp_path, tiny_weights, monkeypatch):
 
 
 def test_ctrl_c_keeps_finished_outputs_and_exits_130(tmp_path, tiny_weights, monkeypatch):
-    from lrp_cli.explain import BatchExplainer
+    from lrp_cli.pipeline.batch import BatchWork
 
     inputs = [write_npy(tmp_path / f"in/x{i}.npy", seed=i) for i in range(3)]
-    original = BatchExplainer._explain_group
+    original = BatchWork.explain
     calls = []
 
-    def interrupt_second_batch(self, group):
-        calls.append(len(group))
+    def interrupt_second_batch(self, batch):
+        calls.append(len(batch))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        original(self, group)
+        return original(self, batch)
 
-    monkeypatch.setattr(BatchExplainer, "_explain_group", interrupt_second_batch)
+    monkeypatch.setattr(BatchWork, "explain", interrupt_second_batch)
     out = tmp_path / "out"
     result = run(["explain", *inputs, *tiny_model(tiny_weights), "-o", out, "--batch-size", "1"])
     assert result.exit_code == 130

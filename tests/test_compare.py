@@ -16,9 +16,9 @@ from torch import nn
 from lrp_cli.analysis import compare as cmp
 from lrp_cli.config import load_config
 from lrp_cli.engine import Explainer
-from lrp_cli.explain import SetupError
 from lrp_cli.images import InputItem
 from lrp_cli.models import LoadedModel, Preprocessing
+from lrp_cli.pipeline import SetupError
 
 SIZE = 64
 RED, BLUE = (255, 0, 0), (0, 0, 255)  # bwr at +-limit: a pixel at the map's limit
@@ -38,8 +38,9 @@ def image(path: Path, seed: int = 0) -> InputItem:
 def run(tmp_path: Path, specs, items=None, model=None, out="out", **options):
     if items is None:
         items = [image(tmp_path / "a.png", 0), image(tmp_path / "b.png", 1)]
-    options = {"device": "cpu", "workers": 0, **options}
-    return cmp.compare(model or tiny(), items, specs, tmp_path / out, **options)
+    grid = options.pop("grid", None)
+    settings = cmp.CompareSettings(**{"device": "cpu", "workers": 0, **options})
+    return cmp.compare(model or tiny(), items, specs, tmp_path / out, settings, grid=grid)
 
 
 def cell_of(picture: Image.Image, result: cmp.CompareResult, row: int, column: int):

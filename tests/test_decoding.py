@@ -1,4 +1,5 @@
-"""Decoding ahead of the explainer (lrp_cli.decoding) and its early start in ``lrp explain``."""
+"""Decoding ahead of the explainer (lrp_cli.pipeline.decoding) and its early start in
+``lrp explain``."""
 
 from __future__ import annotations
 
@@ -13,14 +14,13 @@ from pathlib import Path, PurePath
 
 import numpy as np
 import pytest
-import torch
 
 from lrp_cli import images
 from lrp_cli.config import load_config
-from lrp_cli.decoding import Decoder
-from lrp_cli.explain import BatchExplainer, ExplainOptions, iter_batches
 from lrp_cli.images import InputItem, try_decode_input
 from lrp_cli.models import Preprocessing, known_preprocessing, load_model
+from lrp_cli.pipeline import ExplainOptions, ExplainRun, LocalExecutor
+from lrp_cli.pipeline.decoding import Decoder, decode_all
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_images"
 PRE = Preprocessing(input_size=64, resize=72)
@@ -133,17 +133,15 @@ def test_a_dead_worker_fails_only_the_input_it_was_decoding(tmp_path, monkeypatc
     assert decoded[1][2].startswith(f"{paths[1]}: the process decoding it died")
 
 
-def test_batches_stack_the_inputs_that_loaded(tmp_path):
+def test_decode_all_gives_the_decoded_inputs_and_one_line_per_failure(tmp_path):
     items = _items(tmp_path)
-    model = type("Model", (), {"preprocessing": PRE})()
-    batches = list(iter_batches(items, model, 4, workers=0))
-    assert [b["index"] for b in batches] == [[0, 2], [4]]
-    assert [b["counts"] for b in batches] == [[1, 2], [1]]
-    assert batches[0]["inputs"].shape == (3, 3, 64, 64) and batches[1]["inputs"].shape[0] == 1
-    assert [[i for i, _ in b["errors"]] for b in batches] == [[1, 3], []]
-    cat = try_decode_input(items[0], PRE)[0]
-    assert torch.equal(batches[0]["inputs"][:1], torch.from_numpy(cat))
-    assert torch.equal(batches[0]["inputs"][1:], torch.ones(2, 3, 64, 64))
+    decoded, errors = decode_all(items, PRE, workers=0)
+    assert [item for item, _ in decoded] == [items[0], items[2], items[4]]
+    assert [rows.shape for _, rows in decoded] == [(1, 3, 64, 64), (2, 3, 64, 64), (1, 3, 64, 64)]
+    assert np.array_equal(decoded[0][1], try_decode_input(items[0], PRE)[0])
+    assert np.array_equal(decoded[1][1], np.ones((2, 3, 64, 64), np.float32))
+    assert errors[0].startswith(f"{items[1].path}: ")
+    assert errors[1].startswith(f"{items[3].path}: sample shape (3, 10, 10) does not match")
 
 
 @pytest.mark.parametrize(
@@ -170,9 +168,9 @@ def test_the_runner_uses_an_early_decoder_only_if_it_fits(tmp_path):
     config = load_config("epsilon")
 
     def explain(out: str, decoder: Decoder | None):
-        runner = BatchExplainer(model, config, ExplainOptions(out=tmp_path / out, device="cpu"))
+        runner = ExplainRun(model, config, ExplainOptions(out=tmp_path / out, device="cpu"))
         done = []
-        runner.run(items, done.extend, decoder)
+        runner.run(items, done.extend, executor=LocalExecutor(decoder))
         return [(r["status"], r["error"] is None) for r in done]
 
     plain = explain("plain", None)  # the .npy pair gives two records
@@ -198,7 +196,7 @@ def test_workers_exit_when_their_parent_is_killed():
     code = (
         "import sys, time\n"
         "from pathlib import Path, PurePath\n"
-        "from lrp_cli.decoding import Decoder\n"
+        "from lrp_cli.pipeline.decoding import Decoder\n"
         "from lrp_cli.images import InputItem\n"
         "from lrp_cli.models import Preprocessing\n"
         f"item = InputItem(Path({str(SAMPLES / 'coffee-cup.jpg')!r}), PurePath('c.jpg'))\n"
@@ -228,8 +226,8 @@ def _alive(pid: int) -> bool:
 
 def test_spawned_workers_decode_the_same(tmp_path, monkeypatch):
     """Where fork is missing (Windows, macOS's default), workers are spawned: fresh
-    interpreters that import only lrp_cli.decoding's own dependencies."""
-    from lrp_cli import decoding
+    interpreters that import only lrp_cli.pipeline.decoding's own dependencies."""
+    from lrp_cli.pipeline import decoding
 
     monkeypatch.setattr(decoding.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     items = _items(tmp_path)

@@ -593,9 +593,11 @@ def test_gradcam_equals_a_direct_computation():
 
 
 def test_evaluation_gives_both_orders_the_srg_and_times_the_curves(tmp_path):
+    from dataclasses import replace
+
     from PIL import Image
 
-    from lrp_cli.analysis.evaluate_run import Evaluation
+    from lrp_cli.analysis.evaluate_run import Evaluation, EvaluationSettings
     from lrp_cli.config import load_config
     from lrp_cli.images import InputItem
     from lrp_cli.models import LoadedModel, Preprocessing
@@ -612,10 +614,11 @@ def test_evaluation_gives_both_orders_the_srg_and_times_the_curves(tmp_path):
         pixels = np.random.default_rng(k).integers(0, 256, (16, 16, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(path)
         items.append(InputItem(path, path.relative_to(tmp_path)))
-    evaluation = Evaluation(
-        model, [load_config("zero")], ["gradcam"], device="cpu", region=4, steps=5,
-        orders=("morf", "lerf", "random"), start="log-odds", cam_layer="1",
+    settings = EvaluationSettings(
+        device="cpu", region=4, steps=5, orders=("morf", "lerf", "random"), start="log-odds",
+        cam_layer="1",
     )  # fmt: skip
+    evaluation = Evaluation(model, [load_config("zero")], ["gradcam"], settings)
     assert evaluation.load(items) == []
     results, errors = evaluation.run()
     assert errors == []
@@ -628,7 +631,8 @@ def test_evaluation_gives_both_orders_the_srg_and_times_the_curves(tmp_path):
     assert evaluation.forwards == 2 * 6 * 5  # the random order is measured once
     assert "2 inputs x 6 steps x 5 curves" in evaluation.timing()
     assert "ms per image and step" in evaluation.timing()
-    bad = Evaluation(model, [], ["gradcam"], device="cpu", region=4, steps=5, cam_layer="9")
+    bad_layer = replace(settings, cam_layer="9")
+    bad = Evaluation(model, [], ["gradcam"], bad_layer)
     bad.load(items)
     results, errors = bad.run()
     assert results == [] and "not a module of the model" in errors[0]

@@ -552,6 +552,6 @@ def test_decoding_never_raises_for_a_bad_file(monkeypatch):
 
 
 def test_importing_does_not_import_torch():
-    modules = "lrp_cli.images, lrp_cli.outputs, lrp_cli.decoding"
+    modules = "lrp_cli.images, lrp_cli.outputs, lrp_cli.pipeline, lrp_cli.pipeline.decoding"
     code = f"import sys, {modules}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -19,6 +19,7 @@ import torchvision
 from PIL import Image
 
 from lrp_cli.images import load_image
+from lrp_cli.outputs import temporary_path, temporary_writer
 
 from .test_cli import (
     SIZE,
@@ -394,17 +395,25 @@ def test_a_batch_the_engine_fails_on_fails_its_inputs_only(tmp_path, tiny_weight
 
 
 def test_stale_temporary_files_of_dead_runs_are_removed(tmp_path, tiny_weights):
-    """A SIGKILLed run leaves ``.NAME.PID-HEX.tmp`` files; the next run removes those whose
-    process is gone, and keeps a live process's and anything that only looks similar."""
+    """A SIGKILLed run leaves ``.NAME.HOST.PID-HEX.tmp`` files; the next run removes those of
+    this host whose process is gone, and keeps a live process's, another host's (a node of a
+    cluster writing into the same folder) and anything that only looks similar."""
     dead = subprocess.Popen(["true"])
     dead.wait()  # its pid is no longer a process (reused only after the pid space wraps)
+    host = temporary_path(Path("x")).name.split(".")[2]
+    assert temporary_writer(f".x.png.{host}.{dead.pid}-0123abcd.tmp") == dead.pid
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
     stale = [
-        out / f".x.png.{dead.pid}-0123abcd.tmp",
-        out / "sub" / f".y.npy.{dead.pid}-ffff0000.tmp",
+        out / f".x.png.{host}.{dead.pid}-0123abcd.tmp",
+        out / "sub" / f".y.v2.npy.{host}.{dead.pid}-ffff0000.tmp",
     ]
-    kept = [out / f".z.png.{os.getpid()}-0123abcd.tmp", out / "notes.tmp", out / ".a.1-xyz.tmp"]
+    kept = [
+        out / f".z.png.{host}.{os.getpid()}-0123abcd.tmp",
+        out / f".z.png.other-node.{dead.pid}-0123abcd.tmp",
+        out / "notes.tmp",
+        out / f".a.{host}.1-xyz.tmp",
+    ]
     for path in stale + kept:
         path.write_bytes(b"partial")
     result = run(["explain", write_npy(tmp_path / "x.npy"), *tiny_model(tiny_weights), "-o", out])
@@ -419,17 +428,17 @@ def test_a_npy_that_changes_after_planning_is_explained_as_it_is(
 ):
     """The output names are planned from the .npy header; if the file is rewritten before it
     is decoded (another process, a sync tool), the outputs follow what was actually read."""
-    from lrp_cli import explain
+    from lrp_cli.pipeline import plan
 
     path = write_npy(tmp_path / "x.npy", samples=planned)
-    original = explain._npy_samples
+    original = plan._npy_samples
 
     def rewrite_after_planning(npy):
         samples = original(npy)
         write_npy(npy, samples=actual, seed=1)
         return samples
 
-    monkeypatch.setattr(explain, "_npy_samples", rewrite_after_planning)
+    monkeypatch.setattr(plan, "_npy_samples", rewrite_after_planning)
     out = tmp_path / "out"
     result = run(["explain", path, *tiny_model(tiny_weights), "-o", out, "--jsonl", "-"])
     assert result.exit_code == 0, result.stderr
@@ -498,10 +507,10 @@ def test_refused_inputs_are_still_reported_when_the_setup_fails(tmp_path, tiny_w
 def test_an_input_whose_outputs_cannot_be_rendered_fails_alone(tmp_path, tiny_weights, monkeypatch):
     """Writing refuses one input (a rendering error, not an OS error): a failed record for it,
     the run goes on."""
-    from lrp_cli import explain
+    from lrp_cli.pipeline import batch
 
     inputs = [write_npy(tmp_path / f"x{i}.npy", seed=i) for i in range(3)]
-    original, calls = explain.render_heatmap, []
+    original, calls = batch.render_heatmap, []
 
     def fail_second(*args, **kwargs):
         calls.append(1)
@@ -509,7 +518,7 @@ def test_an_input_whose_outputs_cannot_be_rendered_fails_alone(tmp_path, tiny_we
             raise ValueError("cannot draw this")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(explain, "render_heatmap", fail_second)
+    monkeypatch.setattr(batch, "render_heatmap", fail_second)
     out = tmp_path / "out"
     result = run(["explain", *inputs, *tiny_model(tiny_weights), "-o", out, "--jsonl", "-"])
     assert result.exit_code == 1, result.stderr

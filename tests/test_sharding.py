@@ -9,9 +9,9 @@ from pathlib import Path, PurePath
 import pytest
 import torch
 
-from lrp_cli.explain import resolve_device
 from lrp_cli.images import InputItem
-from lrp_cli.sharding import Shard, ShardError, parse_shard, records_file, resolve_shard
+from lrp_cli.pipeline.prepare import resolve_device
+from lrp_cli.pipeline.sharding import Shard, ShardError, parse_shard, records_file, resolve_shard
 
 from .test_cli import records, run, tiny_model, tiny_weights, write_npy
 

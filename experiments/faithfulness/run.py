@@ -53,7 +53,7 @@ def photos(which: str) -> list[Path]:
 def measure(args) -> dict:
     import torch
 
-    from lrp_cli.analysis.evaluate_run import Evaluation
+    from lrp_cli.analysis.evaluate_run import Evaluation, EvaluationSettings
     from lrp_cli.config import load_config
     from lrp_cli.images import collect_inputs
     from lrp_cli.models import load_model
@@ -63,10 +63,11 @@ def measure(args) -> dict:
     items, problems = collect_inputs([str(p) for p in photos(args.set)])
     assert not problems, problems
     configs = [load_config(name) for name in CONFIGS]
-    evaluation = Evaluation(
-        model, configs, BASELINES, device="cpu", region=args.region, steps=args.steps,
-        orders=("morf", "lerf", "random"), seed=0, batch_size=args.batch_size,
+    settings = EvaluationSettings(
+        device="cpu", region=args.region, steps=args.steps, orders=("morf", "lerf", "random"),
+        seed=0, batch_size=args.batch_size,
     )  # fmt: skip
+    evaluation = Evaluation(model, configs, BASELINES, settings)
     errors = evaluation.load(items)
     assert not errors, errors
     out = {"set": args.set, "inputs": evaluation.inputs, "region": args.region,

@@ -28,14 +28,6 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..config import load_config
-from ..explain import (
-    PRECISIONS,
-    SetupError,
-    build_explainer,
-    iter_batches,
-    resolve_device,
-    resolve_target,
-)
 from ..images import DEFAULT_MAX_PIXELS, InputItem, denormalize
 from ..messages import error_reason, show_traceback
 from ..models import LoadedModel
@@ -48,9 +40,26 @@ from ..outputs import (
     render_heatmap,
     save_png,
 )
+from ..pipeline.decoding import decode_all
+from ..pipeline.prepare import (
+    SetupError,
+    build_explainer,
+    place_model,
+    resolve_device,
+    resolve_dtype,
+    resolve_target,
+)
 from .evaluate_run import _baseline, _lrp
 
-__all__ = ["COMPARE_BASELINES", "Column", "CompareResult", "compare", "header", "resolve_columns"]
+__all__ = [
+    "COMPARE_BASELINES",
+    "Column",
+    "CompareResult",
+    "CompareSettings",
+    "compare",
+    "header",
+    "resolve_columns",
+]
 
 #: Baselines of ``lrp evaluate`` that make sense as pictures (``random`` does not).
 COMPARE_BASELINES = ("gradient", "gradient-x-input", "gradcam")
@@ -85,12 +94,11 @@ class CompareResult:
 def resolve_columns(
     model: LoadedModel,
     specs: Sequence[str],
-    device: str = "cpu",
-    precision: str = "float32",
     start: str = "logit",
     cam_layer: str | None = None,
 ) -> tuple[list[Column], list[str]]:
-    """Columns for ``specs`` (presets, YAML files, baselines), in order, and engine warnings.
+    """Columns for ``specs`` (presets, YAML files, baselines) of ``model`` where it is (see
+    :func:`lrp_cli.pipeline.prepare.place_model`), in order, and engine warnings.
 
     A spec that fails (config error, rule refused, model not traceable) becomes a column with
     a ``problem`` instead of an exception, so that the other columns are still drawn.
@@ -103,7 +111,7 @@ def resolve_columns(
             continue
         try:
             config = load_config(spec)
-            explainer, caught = build_explainer(model, config, device, precision, start)
+            explainer, caught = build_explainer(model, config, start)
         except (ValueError, TypeError, RuntimeError) as error:  # ConfigError, CompositeError...
             label = Path(spec).stem if Path(spec).suffix in (".yaml", ".yml") else spec
             columns.append(Column(label, problem=error_reason(error)))
@@ -117,59 +125,68 @@ def resolve_columns(
     return columns, warnings
 
 
+@dataclass(frozen=True)
+class CompareSettings:
+    """How :func:`compare` draws; the defaults are ``lrp compare``'s.
+
+    Heatmaps are scaled symmetrically to their own max |R|, or with ``shared_scale`` to the
+    largest max |R| of their row. ``tile`` is the heatmap side in pixels (default: the model's
+    input size, at least ``MIN_TILE``). ``start``: where LRP's relevance starts, ``"logit"`` or
+    ``"log-odds"``; ``cam_layer``: the module Grad-CAM reads (default: the last spatial one).
+    """
+
+    target: str | int | None = None
+    shared_scale: bool = False
+    cmap: str = "bwr"
+    tile: int | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    precision: str = "float32"
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    workers: int | None = None
+    start: str = "logit"
+    cam_layer: str | None = None
+
+
 def compare(
     model: LoadedModel,
     items: Sequence[InputItem],
     specs: Sequence[str],
     out: str | Path,
+    settings: CompareSettings = CompareSettings(),
     *,
     grid: str | Path | None = None,
-    target: str | int | None = None,
-    shared_scale: bool = False,
-    cmap: str = "bwr",
-    tile: int | None = None,
-    batch_size: int = 8,
-    device: str = "auto",
-    precision: str = "float32",
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    workers: int | None = None,
-    start: str = "logit",
-    cam_layer: str | None = None,
 ) -> CompareResult:
     """Write ``OUT/NAME.compare.png`` per input and, with ``grid``, all rows in one picture.
 
-    Each column is computed for all inputs at once, ``batch_size`` inputs per engine call.
-    Heatmaps are scaled symmetrically to their own max |R|, or with ``shared_scale`` to the
-    largest max |R| of their row. ``tile`` is the heatmap side in pixels (default: the model's
-    input size, at least ``MIN_TILE``). ``start``: where LRP's relevance starts, ``"logit"`` or
-    ``"log-odds"``; ``cam_layer``: the module Grad-CAM reads (default: the last spatial one).
-    Existing pictures are replaced (they are derived
-    views, like ``lrp evaluate --plot``). Raises :class:`SetupError` (and the model's errors
-    for an unknown ``target``) before any work, or when no column can be drawn at all.
+    Each column is computed for all inputs at once, ``settings.batch_size`` inputs per engine
+    call. Existing pictures are replaced (they are derived views, like ``lrp evaluate
+    --plot``). Raises :class:`SetupError` (and the model's errors for an unknown ``target``)
+    before any work, or when no column can be drawn at all.
     """
-    if batch_size < 1:
-        raise SetupError(f"batch size must be at least 1, got {batch_size}")
-    if cmap not in CMAP_NAMES:
-        raise SetupError(f"unknown colour map {cmap!r}; use one of {', '.join(CMAP_NAMES)}")
-    if precision not in PRECISIONS:
-        raise SetupError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if tile is not None and tile < 16:
-        raise SetupError(f"tile must be at least 16 pixels, got {tile}")
-    fixed = resolve_target(model, target)
-    where, dtype = resolve_device(device), getattr(torch, precision)
-    columns, warnings = resolve_columns(model, specs, where.type, precision, start, cam_layer)
-    model.module.to(where, dtype)  # also when every column is a baseline
+    s = settings
+    if s.batch_size < 1:
+        raise SetupError(f"batch size must be at least 1, got {s.batch_size}")
+    if s.cmap not in CMAP_NAMES:
+        raise SetupError(f"unknown colour map {s.cmap!r}; use one of {', '.join(CMAP_NAMES)}")
+    if s.tile is not None and s.tile < 16:
+        raise SetupError(f"tile must be at least 16 pixels, got {s.tile}")
+    fixed = resolve_target(model, s.target)
+    where, dtype = resolve_device(s.device), resolve_dtype(s.precision)
+    model = place_model(model, where, dtype)
+    columns, warnings = resolve_columns(model, specs, s.start, s.cam_layer)
     problems = [
         f"{c.label}: cannot be used with {model.name}: {c.problem}" for c in columns if c.problem
     ]
     if all(c.problem for c in columns):
         raise SetupError(f"no column can be drawn: {'; '.join(problems) or 'no columns given'}")
+    tile, cmap, shared_scale, batch_size = s.tile, s.cmap, s.shared_scale, s.batch_size
 
     tile = tile or max(int(model.preprocessing.input_size), MIN_TILE)
     labels = ["input", *(c.label for c in columns)]
     result = CompareResult(warnings=warnings, labels=labels, cell=tile + 2 * PAD)
     result.header = header(labels[:1], result.cell).height
-    names, paths, x = _load(model, items, Path(out), batch_size, max_pixels, workers, result)
+    names, paths, x = _load(model, items, Path(out), s.max_pixels, s.workers, result)
     if x is None:
         result.problems = problems
         return result
@@ -241,26 +258,25 @@ def _heatmaps(row: list, cmap: str, shared_scale: bool, tile: int) -> list[Image
 # inputs and files
 
 
-def _load(model, items, out: Path, batch_size, max_pixels, workers, result: CompareResult):
+def _load(model, items, out: Path, max_pixels, workers, result: CompareResult):
     """Decode the inputs as ``lrp explain`` does: (row names, picture paths, (N, C, H, W))."""
     names, paths, rows = [], [], []
-    for batch in iter_batches(items, model, batch_size, max_pixels=max_pixels, workers=workers):
-        result.errors += [message for _, message in batch["errors"]]
-        parts = batch["inputs"].split(batch["counts"]) if batch["counts"] else []
-        for index, part in zip(batch["index"], parts, strict=True):
-            item, stack = items[index], len(part) > 1
-            for k, sample in enumerate(part):
-                relative = item.relative
-                if stack:  # NAME.K, as lrp explain names the samples of an (N, C, H, W) .npy
-                    relative = relative.with_name(f"{relative.stem}.{k}{relative.suffix}")
-                try:
-                    heatmap = output_paths(out, relative).heatmap
-                except OutputError as error:
-                    result.errors.append(str(error))
-                    continue
-                names.append(f"{item.path}[{k}]" if stack else str(item.path))
-                paths.append(heatmap.with_name(f"{heatmap.name[: -len('.png')]}.compare.png"))
-                rows.append(sample)
+    decoded, errors = decode_all(items, model.preprocessing, max_pixels=max_pixels, workers=workers)
+    result.errors += errors
+    for item, part in decoded:
+        stack = len(part) > 1
+        for k, sample in enumerate(part):
+            relative = item.relative
+            if stack:  # NAME.K, as lrp explain names the samples of an (N, C, H, W) .npy
+                relative = relative.with_name(f"{relative.stem}.{k}{relative.suffix}")
+            try:
+                heatmap = output_paths(out, relative).heatmap
+            except OutputError as error:
+                result.errors.append(str(error))
+                continue
+            names.append(f"{item.path}[{k}]" if stack else str(item.path))
+            paths.append(heatmap.with_name(f"{heatmap.name[: -len('.png')]}.compare.png"))
+            rows.append(torch.from_numpy(sample))
     return names, paths, (torch.stack(rows) if rows else None)
 
 

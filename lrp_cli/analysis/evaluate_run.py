@@ -12,12 +12,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..explain import SetupError, build_explainer, iter_batches, resolve_device, resolve_target
 from ..images import DEFAULT_MAX_PIXELS, InputItem
+from ..pipeline.decoding import decode_all
+from ..pipeline.prepare import (
+    SetupError,
+    build_explainer,
+    place_model,
+    resolve_device,
+    resolve_dtype,
+    resolve_target,
+)
 from . import evaluate
 
 if TYPE_CHECKING:
@@ -26,6 +35,26 @@ if TYPE_CHECKING:
 
 # Inputs per engine call when computing attributions (LRP keeps every layer's activations).
 _ATTRIBUTION_BATCH = 8
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How :class:`Evaluation` measures; the defaults are ``lrp evaluate``'s (chosen by
+    measurement: README, "How faithful is a heatmap?")."""
+
+    device: str = "auto"
+    precision: str = "float32"
+    target: str | int | None = None
+    region: int = 32
+    steps: int = 12
+    perturbation: str = "blur"
+    orders: tuple[str, ...] = ("morf", "lerf")
+    score: str = "logit"
+    seed: int = 0
+    batch_size: int = 32  # perturbed copies per forward pass
+    start: str = "logit"
+    noise: float = 0.01  # ROAD's
+    cam_layer: str | None = None
 
 
 class Evaluation:
@@ -40,51 +69,41 @@ class Evaluation:
         model: LoadedModel,
         configs: Sequence[RuleConfig],
         baselines: Sequence[str],
-        *,
-        device: str = "auto",
-        precision: str = "float32",
-        target: str | int | None = None,
-        region: int = 32,
-        steps: int = 12,
-        perturbation: str = "blur",
-        orders: Sequence[str] = ("morf", "lerf"),
-        score: str = "logit",
-        seed: int = 0,
-        batch_size: int = 32,
-        start: str = "logit",
-        noise: float = 0.01,
-        cam_layer: str | None = None,
+        settings: EvaluationSettings = EvaluationSettings(),
     ) -> None:
+        s = settings
         size = model.preprocessing.input_size
-        regions = math.ceil(size / region) ** 2
-        if steps > regions:
+        regions = math.ceil(size / s.region) ** 2
+        if s.steps > regions:
             raise SetupError(
-                f"--steps {steps} is more than the {regions} regions of {region} x {region} "
-                f"pixels in a {size} x {size} input; use --steps {regions} or a smaller --region"
+                f"--steps {s.steps} is more than the {regions} regions of {s.region} x "
+                f"{s.region} pixels in a {size} x {size} input; use --steps {regions} or a "
+                "smaller --region"
             )
-        self.model = model
-        self.device = resolve_device(device)
-        self.dtype = getattr(torch, precision)
-        self.target = resolve_target(model, target)
+        self.device = resolve_device(s.device)
+        self.dtype = resolve_dtype(s.precision)
+        self.target = resolve_target(model, s.target)
+        self.model = place_model(model, self.device, self.dtype)
+        #: the arguments of ``evaluate.region_perturbation_curve`` (may be changed between runs)
         self.settings = dict(
-            region=region,
-            steps=steps,
-            perturbation=perturbation,
-            score=score,
-            batch_size=batch_size,
+            region=s.region,
+            steps=s.steps,
+            perturbation=s.perturbation,
+            score=s.score,
+            batch_size=s.batch_size,
             bounds=model.preprocessing.bounds(),
-            noise=noise,
+            noise=s.noise,
         )
-        self.orders, self.seed = list(orders), seed
+        self.orders, self.seed = list(s.orders), s.seed
         self.methods: dict[str, Callable] = {}
         self.warnings: list[str] = []
         for config in configs:
-            explainer, warnings = build_explainer(model, config, self.device.type, precision, start)
+            explainer, warnings = build_explainer(self.model, config, s.start)
             name = config.name if config.name not in self.methods else config.source
             self.methods[name] = _lrp(explainer)
             self.warnings += warnings
         for name in baselines:
-            self.methods[name] = _baseline(model.module, name, seed, cam_layer)
+            self.methods[name] = _baseline(self.model.module, name, s.seed, s.cam_layer)
         self.inputs: list[str] = []
         self._x: list[torch.Tensor] = []
         self._attributions: dict[str, torch.Tensor] = {}  # kept for another run()
@@ -106,18 +125,12 @@ class Evaluation:
         self, items: Sequence[InputItem], max_pixels: int | None = DEFAULT_MAX_PIXELS
     ) -> list[str]:
         """Decode the inputs (as ``lrp explain`` does); returns one message per failed input."""
-        errors = []
-        for batch in iter_batches(items, self.model, _ATTRIBUTION_BATCH, max_pixels=max_pixels):
-            errors += [message for _, message in batch["errors"]]
-            if batch["inputs"] is None:
-                continue
-            for index, rows in zip(
-                batch["index"], batch["inputs"].split(batch["counts"]), strict=True
-            ):
-                path = str(items[index].path)
-                names = [path] if len(rows) == 1 else [f"{path}[{k}]" for k in range(len(rows))]
-                self.inputs += names
-                self._x.append(rows)
+        decoded, errors = decode_all(items, self.model.preprocessing, max_pixels=max_pixels)
+        for item, rows in decoded:
+            path = str(item.path)
+            names = [path] if len(rows) == 1 else [f"{path}[{k}]" for k in range(len(rows))]
+            self.inputs += names
+            self._x.append(torch.from_numpy(rows))
         self._attributions.clear()
         return errors
 

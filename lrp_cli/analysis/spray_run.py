@@ -2,7 +2,7 @@
 
 Maps come either from an earlier ``lrp explain`` run (its ``.npy`` files, and from its JSON-lines
 records the class each map explains, so that maps are grouped by class) or from explaining the
-inputs here with :class:`lrp_cli.explain.BatchExplainer`, which writes the same files and
+inputs here with :class:`lrp_cli.pipeline.ExplainRun`, which writes the same files and
 records into ``OUT/maps/``; both then go through :func:`run`. Maps are read one file at a time
 and only their downscaled features are kept, so a class of tens of thousands of maps fits.
 """
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..explain import SetupError
 from ..images import InputItem
 from ..outputs import RecordWriter
+from ..pipeline.prepare import SetupError
 from . import spray
 from .spray_report import ClassAnalysis, write_outputs
 
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..config import RuleConfig
-    from ..explain import ExplainOptions
     from ..models import LoadedModel, Preprocessing
+    from ..pipeline import ExplainOptions
 
 __all__ = ["MapSource", "SprayRun", "SpraySettings", "explain_inputs", "read_run", "run"]
 
@@ -162,9 +162,9 @@ def explain_inputs(
 
     Returns the maps, one-line errors of inputs that failed, and the engine's warnings.
     """
-    from ..explain import BatchExplainer
+    from ..pipeline import ExplainRun
 
-    runner = BatchExplainer(model, config, options)
+    runner = ExplainRun(model, config, options)
     path = Path(options.out) / RECORDS_NAME
     writer = RecordWriter(path)
     errors: list[str] = []

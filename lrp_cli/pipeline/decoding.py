@@ -27,9 +27,9 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from .images import DEFAULT_MAX_PIXELS, ImageError, InputItem, try_decode_input
+from ..images import DEFAULT_MAX_PIXELS, ImageError, InputItem, try_decode_input
 
-__all__ = ["Decoder", "LOOKAHEAD_BYTES", "default_workers"]
+__all__ = ["Decoder", "LOOKAHEAD_BYTES", "decode_all", "default_workers"]
 
 #: Decoded inputs held ahead of the consumer: 128 MiB, about 220 images at 224 x 224.
 LOOKAHEAD_BYTES = 128 << 20
@@ -150,6 +150,27 @@ class Decoder:
         self._pool = self._new_pool()
         problem = "the process decoding it died (killed, out of memory or a decoder crash)"
         return str(ImageError(self.items[index].path, problem, "check the file on its own"))
+
+
+def decode_all(
+    items: Sequence[InputItem],
+    preprocessing,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+) -> tuple[list[tuple[InputItem, np.ndarray]], list[str]]:
+    """Every input decoded, in order, for analyses that hold them all (evaluate, compare):
+    ``(item, (n, C, H, W) array)`` pairs, and one message per input that failed. Decoding
+    checks each input against the model's input shape, so the arrays stack."""
+    decoded: list[tuple[InputItem, np.ndarray]] = []
+    errors: list[str] = []
+    with Decoder(items, preprocessing, max_pixels=max_pixels, workers=workers) as decoder:
+        for index, array, error in decoder:
+            if array is None:
+                errors.append(str(error))
+            else:
+                decoded.append((items[index], array))
+    return decoded, errors
 
 
 def _start_worker(parent: int) -> None:
