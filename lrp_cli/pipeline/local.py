@@ -89,11 +89,12 @@ def _in_order(
 
     def explain(batch: list[tuple[_Ticket, Any]]) -> None:
         nonlocal behind
-        wait(behind)
         decoded: list[Decoded] = [(ticket.job, rows) for ticket, rows in batch]
+        writings = work.explain(decoded)  # while the last batch's files are written
+        wait(behind)
         behind = []
-        for (ticket, _), writings in zip(batch, work.explain(decoded), strict=True):
-            ticket.writing = [writer.submit(write) for write in writings]
+        for (ticket, _), writes in zip(batch, writings, strict=True):
+            ticket.writing = [writer.submit(write) for write in writes]
             behind += ticket.writing
 
     def ready(final: bool) -> Iterator[tuple[int, Records]]:
