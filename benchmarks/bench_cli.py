@@ -19,6 +19,7 @@ a shared machine the speed of both drifts by 10-20% within minutes.
 
     python benchmarks/bench_cli.py                       # 200 images, built-in model
     python benchmarks/bench_cli.py --images 50 --json cli.json -- --save-npy
+    git worktree add /tmp/old COMMIT && python benchmarks/bench_cli.py --against /tmp/old
 """
 
 from __future__ import annotations
@@ -160,6 +161,39 @@ def _preprocess(path: Path, pre):
         return (array - mean) / std
 
 
+def _against(command: list[str], env: dict, args) -> int:
+    """Wall time of the same command from this checkout and from ``args.against``, in groups
+    old, new, new, old (drift within a group cancels); the median of each and of the paired
+    differences (new - old, adjacent runs)."""
+    trees = {"old": args.against.resolve(), "new": ROOT}
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for name in ["old", "new", "new", "old"] * args.repeat:
+        tree = trees[name]
+        start = time.perf_counter()
+        done = subprocess.run(
+            command, cwd=tree, env={**env, "PYTHONPATH": str(tree)}, capture_output=True, text=True
+        )
+        times[name].append(time.perf_counter() - start)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} ({tree}) exited {done.returncode}: {done.stderr[-300:]}")
+        print(f"{name}: {times[name][-1]:.2f} s", file=sys.stderr)
+    differences = [n - o for o, n in zip(times["old"], times["new"], strict=True)]
+    old_s, new_s = statistics.median(times["old"]), statistics.median(times["new"])
+    print(
+        f"\n{args.images} images, {args.model}, {args.config}, batch {args.batch_size}\n"
+        f"  old ({trees['old']})  {old_s:8.2f} s  {args.images / old_s:6.2f} img/s  "
+        f"(median of {len(times['old'])}: {_list(times['old'])})\n"
+        f"  new ({trees['new']})  {new_s:8.2f} s  {args.images / new_s:6.2f} img/s  "
+        f"(median of {len(times['new'])}: {_list(times['new'])})\n"
+        f"  new - old, paired: median {statistics.median(differences):+.2f} s"
+    )
+    if args.json:
+        result = {"images": args.images, "command": command, "trees": {k: str(v) for k, v in
+                  trees.items()}, "runs_s": times, "paired_differences_s": differences}  # fmt: skip
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 def _run_engine(case: dict, env: dict) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(case)]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -191,6 +225,13 @@ def main(argv=None) -> int:
     p.add_argument("--engine-only", action="store_true", help="time the engine, not the command")
     p.add_argument(
         "--repeat", type=int, default=3, help="command runs, each between two engine runs"
+    )
+    p.add_argument(
+        "--against",
+        type=Path,
+        metavar="CHECKOUT",
+        help="instead of the engine, time the command of another checkout (git worktree add\n"
+        "CHECKOUT COMMIT), alternating old, new, new, old; --repeat such groups",
     )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -232,16 +273,6 @@ def main(argv=None) -> int:
             "threads": args.threads,
             "paths": [str(p) for p in paths],
         }
-        engines = [_run_engine(case, env)]
-        print(f"engine: {engines[0]['engine_s']:.2f} s", file=sys.stderr)
-        if args.engine_only:
-            before = engines[0]
-            print(
-                f"{args.images} images: engine {before['engine_s']:.2f} s, "
-                f"{args.images / before['engine_s']:.2f} img/s; preprocessing "
-                f"{before['preprocess_s']:.2f} s (not included)"
-            )
-            return 0
         command = [
             sys.executable,
             "-m",
@@ -262,6 +293,18 @@ def main(argv=None) -> int:
         if args.device != "cpu":
             command += ["--device", args.device]
         command += extra
+        if args.against is not None:
+            return _against(command, env, args)
+        engines = [_run_engine(case, env)]
+        print(f"engine: {engines[0]['engine_s']:.2f} s", file=sys.stderr)
+        if args.engine_only:
+            before = engines[0]
+            print(
+                f"{args.images} images: engine {before['engine_s']:.2f} s, "
+                f"{args.images / before['engine_s']:.2f} img/s; preprocessing "
+                f"{before['preprocess_s']:.2f} s (not included)"
+            )
+            return 0
         commands, codes = [], []
         for _ in range(args.repeat):  # engine, command, engine, ...: each command between two
             start = time.perf_counter()

@@ -236,9 +236,10 @@ def explain(inputs: tuple[str, ...], **opt: Any) -> None:
                 advance()
                 return True
 
-            summary = run.run(
-                selected.items, on_records, refused=selected.refused, executor=executor
-            )
+            with before_work():  # an executor that cannot start: exit 2 too
+                summary = run.run(
+                    selected.items, on_records, refused=selected.refused, executor=executor
+                )
     finally:
         if writer is not None:
             writer.close()

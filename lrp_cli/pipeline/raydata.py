@@ -26,12 +26,14 @@ Ray is imported only here, inside functions, so that ``lrp`` never needs it othe
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
 import os
 import pickle
 import re
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -141,13 +143,21 @@ class RayExecutor:
             return False
         if not loud:  # else Ray's C++ core logs an error line for every actor it starts
             os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-        ray.init(
-            address=self.address,
-            include_dashboard=False,
-            log_to_driver=self.worker_logs or loud,
-            logging_level=logging.INFO if loud else logging.ERROR,  # not its start-up notes
-            runtime_env=self.runtime_env,
-        )
+        try:
+            with contextlib.nullcontext() if loud else _no_native_stderr():
+                ray.init(
+                    address=self.address,
+                    include_dashboard=False,
+                    log_to_driver=self.worker_logs or loud,
+                    logging_level=logging.INFO if loud else logging.ERROR,  # not its notes
+                    runtime_env=self.runtime_env,
+                )
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            where = self.address or os.environ.get("RAY_ADDRESS") or "a new local Ray"
+            raise SetupError(
+                f"--executor ray: cannot start or join {where}: {_reason(error)}; check "
+                "--ray-address (HOST:6379, ray://HOST:10001 or auto) and that the cluster runs"
+            ) from None
         return True
 
     def _stream(self, ray, jobs: Sequence[Job], work: BatchWork) -> Iterator[tuple[int, Records]]:
@@ -170,7 +180,8 @@ class RayExecutor:
                 # one chunk at a time per actor: when it dies, only the chunk it was working
                 # on is retried (and charged a retry), not the ones queued behind it
                 compute=ray.data.ActorPoolStrategy(
-                    size=self.workers, max_tasks_in_flight_per_actor=1
+                    size=min(self.workers, len(rows)),  # an idle actor would only cost
+                    max_tasks_in_flight_per_actor=1,
                 ),
                 num_cpus=self.cpus_per_worker,
                 num_gpus=self.gpus_per_worker or None,
@@ -227,6 +238,21 @@ def _reason(error: BaseException) -> str:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@contextlib.contextmanager
+def _no_native_stderr() -> Iterator[None]:
+    """The process's stderr (file descriptor 2) closed to what Ray's C++ core prints while it
+    starts: one line saying that it read RAY_BACKEND_LOG_LEVEL. Python's errors still raise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _quiet_ray_data() -> None:

@@ -73,6 +73,9 @@ class ExplainRun:
     ) -> Summary:
         """Explain ``items``; ``on_records(records)`` is called once per input, in input order.
 
+        Raises :class:`SetupError` only if the executor cannot start (a Ray cluster that
+        cannot be reached), before any input is explained.
+
         ``refused``: inputs refused while they were collected (see
         :func:`lrp_cli.pipeline.inputs.select_inputs`); each is reported first, as a failed
         record. ``on_records`` returning False stops the run (the reader of the records went
