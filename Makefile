@@ -31,14 +31,17 @@ $(VENV)/.oracles: $(BIN)/lrp Makefile
 demo: $(BIN)/lrp
 	$(BIN)/lrp explain sample_images/ --out lrp-out/ --overlay --overwrite --jsonl lrp-out/records.jsonl
 
-# The default set, then a bounded share of the slow tests (8, drawn anew each day; the header
-# prints the seed to repeat a draw). The 15 slowest of each are listed.
+# The default set; the Ray tests, in a pytest process of their own; then a bounded share of the
+# slow tests (8, drawn anew each day; the header prints the seed to repeat a draw). The 15
+# slowest of each are listed.
 test: $(VENV)/.oracles
 	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -m ray --durations=5
 	$(BIN)/pytest -q -m slow --slow-sample 8 --durations=15
 
 test-all: $(VENV)/.oracles
-	$(BIN)/pytest -q -m "slow or not slow" --durations=15
+	$(BIN)/pytest -q -m "not ray" --durations=15
+	$(BIN)/pytest -q -m ray --durations=5
 
 lint: $(BIN)/lrp
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
