@@ -34,6 +34,7 @@ __all__ = [
     "atomic_write",
     "color_limit",
     "degenerate_reason",
+    "make_folder",
     "output_paths",
     "output_stem",
     "overlay",
@@ -258,6 +259,18 @@ _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 _TEMPORARY = re.compile(r"^\..+\.([A-Za-z0-9_-]+)\.(\d+)-[0-9a-f]{8}\.tmp$")
 
 
+def make_folder(
+    folder: Path, hint: str = "choose another output folder or fix its permissions"
+) -> None:
+    """Create an output folder (and its parents) or raise :class:`OutputError` saying why."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"{one_line(folder)}: cannot create the output folder: {_os_reason(error)}; {hint}"
+        ) from error
+
+
 def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[IO[bytes]], object]) -> None:
     """Write a file through ``write_fn(binary_file)`` so that it appears whole or not at all.
 
@@ -266,13 +279,7 @@ def atomic_write(path: str | os.PathLike[str], write_fn: Callable[[IO[bytes]], o
     :class:`OutputError` is raised. The folder is created if needed.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(
-            f"{one_line(path.parent)}: cannot create the output folder: {_os_reason(error)}; "
-            "choose another output folder or fix its permissions"
-        ) from error
+    make_folder(path.parent)
     tmp = temporary_path(path)
     try:
         # O_EXCL: never follow or reuse an existing file; mode 0o666 lets the umask apply.

@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import socket
 import textwrap
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from lrp_cli.pipeline.records import Job
 from .test_cli import (
     SIZE,
     error_lines,
+    lrp,
     records,
     run,
     tiny_model,
@@ -165,6 +167,34 @@ def test_bad_settings_are_refused_before_any_work():
     for settings in ({"workers": 0}, {"gpus_per_worker": -1}, {"retries": -1}):
         with pytest.raises(SetupError):
             RayExecutor(**settings)
+
+
+def test_an_address_where_nothing_answers_exits_2_at_once(tmp_path):
+    """Not ray.init's minutes of waiting for a cluster that is not there."""
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a port nothing listens on once it is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    inputs = write_npy(tmp_path / "x.npy")
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        started = time.monotonic()
+        result = lrp(
+            "explain",
+            inputs,
+            "--executor",
+            "ray",
+            "--ray-address",
+            address,
+            "-o",
+            tmp_path / "out",
+            timeout=120,
+        )
+        assert result.returncode == 2 and time.monotonic() - started < 60
+        assert error_lines(result.stderr) == [
+            f"error: --executor ray: no Ray cluster answers at {address} (connection refused); "
+            "check --ray-address (HOST:6379, ray://HOST:10001 or auto) and that the cluster runs"
+        ]
+    assert not (tmp_path / "out").exists()
 
 
 def test_chunks_are_the_local_executors_batches():

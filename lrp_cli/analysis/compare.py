@@ -44,10 +44,7 @@ from ..pipeline.decoding import decode_all
 from ..pipeline.prepare import (
     SetupError,
     build_explainer,
-    place_model,
-    resolve_device,
-    resolve_dtype,
-    resolve_target,
+    prepare_model,
 )
 from .evaluate_run import _baseline, _lrp
 
@@ -171,9 +168,7 @@ def compare(
         raise SetupError(f"unknown colour map {s.cmap!r}; use one of {', '.join(CMAP_NAMES)}")
     if s.tile is not None and s.tile < 16:
         raise SetupError(f"tile must be at least 16 pixels, got {s.tile}")
-    fixed = resolve_target(model, s.target)
-    where, dtype = resolve_device(s.device), resolve_dtype(s.precision)
-    model = place_model(model, where, dtype)
+    model, where, dtype, fixed = prepare_model(model, s)
     columns, warnings = resolve_columns(model, specs, s.start, s.cam_layer)
     problems = [
         f"{c.label}: cannot be used with {model.name}: {c.problem}" for c in columns if c.problem

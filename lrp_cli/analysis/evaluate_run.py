@@ -22,10 +22,7 @@ from ..pipeline.decoding import decode_all
 from ..pipeline.prepare import (
     SetupError,
     build_explainer,
-    place_model,
-    resolve_device,
-    resolve_dtype,
-    resolve_target,
+    prepare_model,
 )
 from . import evaluate
 
@@ -80,10 +77,7 @@ class Evaluation:
                 f"{s.region} pixels in a {size} x {size} input; use --steps {regions} or a "
                 "smaller --region"
             )
-        self.device = resolve_device(s.device)
-        self.dtype = resolve_dtype(s.precision)
-        self.target = resolve_target(model, s.target)
-        self.model = place_model(model, self.device, self.dtype)
+        self.model, self.device, self.dtype, self.target = prepare_model(model, s)
         #: the arguments of ``evaluate.region_perturbation_curve`` (may be changed between runs)
         self.settings = dict(
             region=s.region,

@@ -33,10 +33,7 @@ from .plan import sample_outputs
 from .prepare import (
     SetupError,
     build_explainer,
-    place_model,
-    resolve_device,
-    resolve_dtype,
-    resolve_target,
+    prepare_model,
 )
 from .records import Job, RunInfo, failed_record, make_record, sample_error
 
@@ -93,10 +90,7 @@ class BatchWork:
         options.check()
         self.options = options
         self.source = (model, config)  # as given, for executors that build their own
-        self.device = resolve_device(options.device)
-        self.dtype = resolve_dtype(options.precision)
-        self.target = resolve_target(model, options.target)
-        self.model = place_model(model, self.device, self.dtype)
+        self.model, self.device, self.dtype, self.target = prepare_model(model, options)
         self.explainer, self.warnings = build_explainer(self.model, config, options.start)
         #: how images become model inputs in this run (the model's, or uncropped)
         self.preprocessing = (

@@ -10,7 +10,7 @@ import copy
 import dataclasses
 import os
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -23,8 +23,10 @@ __all__ = [
     "DEVICES",
     "PRECISIONS",
     "SetupError",
+    "Placed",
     "build_explainer",
     "place_model",
+    "prepare_model",
     "resolve_device",
     "resolve_dtype",
     "resolve_target",
@@ -79,6 +81,30 @@ def place_model(model: LoadedModel, device: torch.device, dtype: torch.dtype) ->
         return model
     module = copy.deepcopy(model.module).to(device=device, dtype=dtype)
     return dataclasses.replace(model, module=module)
+
+
+class Placed(NamedTuple):
+    """A command's model where it runs, and the target it explains (None: each input's top)."""
+
+    model: LoadedModel
+    device: torch.device
+    dtype: torch.dtype
+    target: int | None
+
+
+class _Settings(Protocol):
+    device: str
+    precision: str
+    target: str | int | None
+
+
+def prepare_model(model: LoadedModel, settings: _Settings) -> Placed:
+    """``model`` placed as ``settings`` say (``device``, ``precision``, ``target``), each
+    checked first, so that a bad one is a :class:`SetupError` before anything is copied."""
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.precision)
+    target = resolve_target(model, settings.target)
+    return Placed(place_model(model, device, dtype), device, dtype, target)
 
 
 def build_explainer(

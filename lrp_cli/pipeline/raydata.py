@@ -33,6 +33,7 @@ import math
 import os
 import pickle
 import re
+import socket
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -106,6 +107,13 @@ class RayExecutor:
             raise SetupError(f"CPUs per worker must be more than 0, got {cpus_per_worker}")
         if retries < 0:
             raise SetupError(f"retries must be 0 or more, got {retries}")
+        where = address or os.environ.get("RAY_ADDRESS")
+        problem = None if _ray_running() else _unreachable(where)
+        if problem:  # else ray.init waits for it for minutes
+            raise SetupError(
+                f"--executor ray: no Ray cluster answers at {where} ({problem}); check "
+                "--ray-address (HOST:6379, ray://HOST:10001 or auto) and that the cluster runs"
+            )
         self.address = address
         self.workers = workers
         self.gpus_per_worker = float(gpus_per_worker)
@@ -229,6 +237,25 @@ def _chunks(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
     if chunk:
         chunks.append(chunk)
     return chunks
+
+
+def _ray_running() -> bool:
+    """Whether Ray is initialised in this process (then it is used as it is)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def _unreachable(address: str | None, timeout: float = 5.0) -> str | None:
+    """Why nothing accepts a connection at a ``[ray://]HOST:PORT`` address; None if something
+    does, or for an address that is not of that form (``auto``, none)."""
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as error:
+        return (error.strerror or str(error) or type(error).__name__).lower()
 
 
 def _reason(error: BaseException) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..images import InputItem, InputProblem
+from ..outputs import OutputError, make_folder
 from .batch import BatchWork
 from .local import LocalExecutor
 from .options import ExplainOptions, Summary
@@ -55,12 +56,9 @@ class ExplainRun:
         self.preprocessing = self.work.preprocessing
         self.out_dir = Path(options.out)
         try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise SetupError(
-                f"{self.out_dir}: cannot create the output folder ({error.strerror or error}); "
-                "choose another one with --out"
-            ) from None
+            make_folder(self.out_dir, hint="choose another one with --out")
+        except OutputError as error:
+            raise SetupError(str(error)) from None
         remove_stale_temporaries(self.out_dir)
 
     def run(
