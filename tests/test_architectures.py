@@ -18,7 +18,9 @@ from torch import nn
 
 from lrp_cli.config import load_config
 from lrp_cli.engine import (
+    AlphaBetaRule,
     Composite,
+    EpsilonRule,
     Explainer,
     GammaRule,
     ProportionalRule,
@@ -375,15 +377,57 @@ def test_functional_layers_get_the_rules_of_their_modules():
     assert sum("gamma" in rule for *_, rule in rules) == 2  # the conv and the dense layer
 
 
-def test_a_functional_layer_with_a_computed_weight_is_refused():
-    class Standardised(nn.Module):  # weight standardisation (NFNet's ScaledStdConv2d)
+class _Standardised(nn.Module):
+    """NFNet's weight standardisation and BEiT's concatenated biases: a layer's weight and
+    bias computed from the model's tensors in its own forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 3, 3, 3))
+        self.gain = nn.Parameter(torch.rand(4, 1, 1, 1) + 0.5)
+        self.first, self.last = nn.Parameter(torch.randn(2)), nn.Parameter(torch.randn(1))
+
+    def standardised(self):
+        mean = self.weight.mean((1, 2, 3), keepdim=True)
+        return self.gain * (self.weight - mean) / self.weight.std((1, 2, 3), keepdim=True)
+
+    def forward(self, x):
+        bias = torch.cat((self.first, torch.zeros_like(self.last), self.last))
+        return F.conv2d(x, self.standardised(), bias, 1, 1).relu().flatten(1)
+
+
+def test_a_computed_weight_gets_the_rule_of_the_stored_weight_it_equals():
+    torch.manual_seed(0)
+    model = nn.Sequential(_Standardised(), nn.Linear(4 * 8 * 8, 3)).to(DT).eval()
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.ReLU(), nn.Flatten(), model[1])
+    plain = plain.to(DT).eval()
+    with torch.no_grad():
+        plain[0].weight.copy_(model[0].standardised())
+        plain[0].bias.copy_(torch.cat((model[0].first, torch.zeros(1, dtype=DT), model[0].last)))
+    x = torch.randn(2, 3, 8, 8, dtype=DT)
+    torch.testing.assert_close(model(x), plain(x), rtol=1e-12, atol=1e-14)
+    for rule in (GammaRule(0.25), AlphaBetaRule(2, 1), EpsilonRule(0.1)):  # weights modified
+        composite = Composite(default=rule, proportional=ProportionalRule(0.0))
+        ours = Explainer(model, composite)
+        expected = Explainer(plain, composite)(x)
+        result = ours(x)
+        torch.testing.assert_close(result.logits, expected.logits, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(result.relevance, expected.relevance, rtol=1e-10, atol=1e-14)
+    assert [row.name for row in ours.layer_rules] == ["0", "1"]  # the module that computed it
+    with torch.no_grad():  # computed anew whenever the explainer prepares its weights
+        model[0].gain.mul_(2.0)
+    changed = ours(x.float()).logits  # another dtype: prepared again
+    torch.testing.assert_close(changed, model(x).float(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_weight_that_depends_on_the_input_is_refused():
+    class InputWeighted(nn.Module):
         def __init__(self):
             super().__init__()
-            self.weight = nn.Parameter(torch.randn(4, 3, 3, 3))
+            self.weight = nn.Parameter(torch.randn(3, 12))
 
         def forward(self, x):
-            weight = (self.weight - self.weight.mean()) / self.weight.std()
-            return F.conv2d(x, weight).flatten(1)
+            return F.linear(x.flatten(1), self.weight * x.mean())
 
-    with pytest.raises(UnsupportedModelError, match="conv2d.*its weight is computed"):
-        Explainer(Standardised().eval(), Composite(default=ZeroRule()))
+    with pytest.raises(UnsupportedModelError, match="linear.*its weight depends on the input"):
+        Explainer(InputWeighted().eval(), Composite(default=ZeroRule()))

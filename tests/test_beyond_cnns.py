@@ -56,16 +56,19 @@ def zero_shifts(model: nn.Module) -> nn.Module:
             ):
                 if isinstance(getattr(module, attr, None), torch.Tensor):
                     getattr(module, attr).zero_()
+            for name, parameter in module.named_parameters(recurse=False):
+                if name in ("q_bias", "v_bias", "beta"):  # BEiT's attention, timm's Affine
+                    parameter.zero_()
             if isinstance(module, nn.MultiheadAttention) and module.in_proj_bias is not None:
                 module.in_proj_bias.zero_()
             if isinstance(module, nn.LayerNorm):
                 module.weight.uniform_(0.5, 1.5)  # not all ones: the affine is exercised
                 module.bias.zero_()
             if isinstance(module, (nn.Conv2d, nn.Linear)):  # some inits give vanishing logits
+                if not module.weight.any():  # zero-initialised heads (ViT, MLP-Mixer, ResMLP)
+                    nn.init.normal_(module.weight)
                 fan_in = module.weight[0].numel()
                 module.weight.mul_((2.0 / fan_in) ** 0.5 / module.weight.std().clamp_min(1e-12))
-        if isinstance(model, torchvision.models.VisionTransformer):  # zero-initialised head
-            nn.init.normal_(model.heads.head.weight, std=0.02)
     return model
 
 

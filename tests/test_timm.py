@@ -8,6 +8,7 @@ then conserves exactly, which a lost or doubled branch would break.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -41,18 +42,70 @@ DT = torch.float64
     "name, side",
     [("resnet50", 32), ("efficientnet_b0", 32), ("convnext_tiny", 32),
      ("vit_small_patch16_224", 224), ("mobilenetv3_small_100", 64), ("hrnet_w18_small", 64),
-     ("poolformer_s12", 64),
-     pytest.param("swin_tiny_patch4_window7_224", 224, marks=pytest.mark.slow)],
+     ("poolformer_s12", 64), ("nfnet_l0", 64), ("resmlp_12_224", 224),
+     pytest.param("swin_tiny_patch4_window7_224", 224, marks=pytest.mark.slow),
+     pytest.param("beit_base_patch16_224", 224, marks=pytest.mark.slow),
+     pytest.param("eva02_tiny_patch14_224", 224, marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_lrp0_conserves_on_timm_models(name, side):
+    """NFNet: weights standardised in the forward; ResMLP: per-channel affines as addcmul;
+    BEiT: attention biases concatenated in the forward; EVA-02: a gated MLP (SwiGLU), so
+    its products are split uniformly (refused otherwise)."""
     torch.manual_seed(0)
     model = zero_shifts(timm.create_model(name, num_classes=10)).to(DT).eval()
     x = torch.randn(2, 3, side, side, dtype=DT)
-    result = Explainer(model, load_config("zero").composite())(x)
+    composite = load_config("zero").composite()
+    if name.startswith("eva02"):
+        composite = dataclasses.replace(composite, products="uniform")
+    result = Explainer(model, composite)(x)
     torch.testing.assert_close(result.logits, model(x), rtol=1e-9, atol=1e-12)
     logit = result.logits.gather(1, result.targets[:, None]).squeeze(1)
     assert logit.abs().min() > 1e-6, "degenerate test model"
     torch.testing.assert_close(result.relevance.sum((1, 2, 3)), logit, rtol=1e-9, atol=0)
+
+
+class _Affine(nn.Module):
+    """timm's Affine (ResMLP) written as a scale and a sum."""
+
+    def __init__(self, affine):
+        super().__init__()
+        self.alpha, self.beta = affine.alpha, affine.beta
+
+    def forward(self, x):
+        return x * self.alpha + self.beta
+
+
+class _Casting(nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x).type_as(x)
+
+
+def test_addcmul_is_the_sum_it_computes():
+    from timm.models.mlp_mixer import Affine
+
+    torch.manual_seed(0)
+    affine = Affine(5)
+    with torch.no_grad():
+        affine.alpha.uniform_(-1.5, 1.5)
+        affine.beta.normal_(0, 0.5)
+    first, last = nn.Linear(6, 5), nn.Linear(5, 3)
+    ours = nn.Sequential(first, _Casting(affine), nn.ReLU(), last, nn.Flatten()).to(DT).eval()
+    plain = nn.Sequential(first, _Affine(affine), nn.ReLU(), last, nn.Flatten()).to(DT).eval()
+    x = torch.randn(4, 1, 6, dtype=DT)  # tokens, as in ResMLP (its alpha is (1, 1, dim))
+    composite = Composite(default=ZeroRule(), proportional=ProportionalRule(0.1))  # stabilised
+    found = Explainer(ours, composite)(x).relevance
+    torch.testing.assert_close(found, Explainer(plain, composite)(x).relevance, rtol=1e-12, atol=0)
+
+    class Squaring(nn.Module):  # addcmul of two data tensors: a product, not a sum
+        def forward(self, x):
+            return torch.addcmul(torch.zeros(()), x, x)
+
+    with pytest.raises(UnsupportedModelError, match="addcmul"):
+        Explainer(nn.Sequential(first, Squaring(), last, nn.Flatten()).eval(), composite)
 
 
 def test_batchnorm_act_folds_like_a_plain_batchnorm():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import operator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,11 @@ class LinearHandler(NodeHandler):
             found = functional_layer(node, ctx)
             if found is None:
                 return None
-            return Step(node, self.kind, module=found[0], module_name=found[1])
+            module, name, rebuild = found
+            step = Step(node, self.kind, module=module, module_name=name)
+            if rebuild is not None:
+                step.extra["rebuild"] = rebuild
+            return step
         if node.op != "call_module":
             return None
         module = ctx.modules[node.target]
@@ -87,7 +92,9 @@ class LinearHandler(NodeHandler):
         return None
 
     def prepare(self, step, dtype, device):
-        return make_linear_op(step.module, step.batchnorm, dtype, device)
+        rebuild = step.extra.get("rebuild")  # computed weights, from the tensors as they are now
+        module = step.module if rebuild is None else rebuild()
+        return make_linear_op(module, step.batchnorm, dtype, device)
 
     def keeps(self, step, explainer):
         kept = list(explainer.graph_inputs(step.node))
@@ -129,45 +136,82 @@ class FoldedHandler(NodeHandler):
 # F.linear, F.conv*d and F.batch_norm called in a module's own forward (timm's Linear and
 # BatchNormAct2d) are the plain layer they compute, rebuilt around the model's own tensors
 # (never copies): so they get per-layer rules, and a BatchNorm folds into the layer before it.
-def functional_layer(node: fx.Node, ctx) -> tuple[nn.Module, str] | None:
-    """The layer module a functional node computes and a name for it, or None."""
+# A weight or bias computed from the model's tensors alone (NFNet's weight standardisation,
+# BEiT's concatenated q/v biases) is a constant of the layer too: computed when the explainer
+# prepares its weights, from the tensors as they are then, like a stored one.
+def functional_layer(node: fx.Node, ctx) -> tuple[nn.Module, str, Callable | None] | None:
+    """The layer module a functional node computes, a name for it, and (where a tensor is
+    computed) a function that builds the module anew; or None for another node."""
     build = _FUNCTIONAL_LAYERS.get(node.target)
     if build is None:
         return None
-    module, weight_node = build(node, ctx)
-    return module, weight_node.target.rpartition(".")[0] or node.name
+    arguments = _TENSOR_ARGUMENTS[node.target]
+    values = {name: _argument(node, index, name) for name, index in arguments.items()}
+    for name, value in values.items():
+        if value is not None and not isinstance(value, fx.Node):
+            refuse(node, f"its {name} is not a tensor")
+        if value is not None and ctx.depends[value]:
+            refuse(node, f"its {name} depends on the input (not a layer of fixed weights)")
+    root = ctx.modules[""]
+    computed = {k: v for k, v in values.items() if v is not None and v.op != "get_attr"}
+    stored = {
+        k: None if v is None else _stored(root, v.target)
+        for k, v in values.items()
+        if k not in computed
+    }
+
+    def rebuild() -> nn.Module:
+        return build(node, {**stored, **_compute(computed, root)})
+
+    module = rebuild()
+    first = values[next(iter(arguments))]  # the weight (the running mean of a batch_norm)
+    if first is not None and first.op == "get_attr":
+        name = first.target.rpartition(".")[0]
+    else:  # the module whose forward computed it
+        stack = node.meta.get("nn_module_stack")
+        name = list(stack.values())[-1][0] if stack else ""
+    return module, name or node.name, rebuild if computed else None
+
+
+def _compute(nodes: dict[str, fx.Node], root: nn.Module) -> dict[str, Tensor]:
+    """The values of nodes computed from stored tensors alone (no gradient history)."""
+    values: dict[fx.Node, object] = {}
+
+    def value_of(node: fx.Node):
+        if node not in values:
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), value_of)
+            if node.op == "get_attr":
+                values[node] = _stored(root, node.target)
+            elif node.op == "call_function":
+                values[node] = out_of_place(node.target)(*args, **kwargs)
+            elif node.op == "call_method":
+                values[node] = getattr(args[0], node.target)(*args[1:], **kwargs)
+            else:
+                refuse(node, "a layer's weight computed by a module is not supported")
+        return values[node]
+
+    with torch.no_grad():
+        return {name: value_of(node).detach() for name, node in nodes.items()}
 
 
 def _argument(node: fx.Node, index: int, name: str, default=None):
     return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
 
 
-def _stored_argument(node: fx.Node, ctx, index: int, name: str) -> tuple[Tensor | None, object]:
-    """A tensor argument that must be a stored parameter or buffer (or None)."""
-    value = _argument(node, index, name)
-    if value is None:
-        return None, None
-    if not (isinstance(value, fx.Node) and value.op == "get_attr"):
-        refuse(node, f"its {name} is computed, not a stored tensor")
-    return _stored(ctx.modules[""], value.target), value
-
-
-def _functional_linear(node, ctx):
-    weight, weight_node = _stored_argument(node, ctx, 1, "weight")
-    bias, _ = _stored_argument(node, ctx, 2, "bias")
+def _functional_linear(node, tensors):
+    weight, bias = tensors["weight"], tensors["bias"]
     if weight is None:
         refuse(node, "linear without a weight")
     module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     module._parameters.update(weight=weight, bias=bias)
-    return module, weight_node
+    return module
 
 
 def _functional_conv(dims: int):
     conv_class = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
 
-    def build(node, ctx):
-        weight, weight_node = _stored_argument(node, ctx, 1, "weight")
-        bias, _ = _stored_argument(node, ctx, 2, "bias")
+    def build(node, tensors):
+        weight, bias = tensors["weight"], tensors["bias"]
         if weight is None:
             refuse(node, "convolution without a weight")
         settings = {
@@ -180,25 +224,31 @@ def _functional_conv(dims: int):
         module = conv_class(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
                             bias=bias is not None, device="meta", **settings)  # fmt: skip
         module._parameters.update(weight=weight, bias=bias)
-        return module, weight_node
+        return module
 
     return build
 
 
-def _functional_batchnorm(node, ctx):
-    mean, mean_node = _stored_argument(node, ctx, 1, "running_mean")
-    var, _ = _stored_argument(node, ctx, 2, "running_var")
-    weight, _ = _stored_argument(node, ctx, 3, "weight")
-    bias, _ = _stored_argument(node, ctx, 4, "bias")
+def _functional_batchnorm(node, tensors):
+    mean, var = tensors["running_mean"], tensors["running_var"]
+    weight, bias = tensors["weight"], tensors["bias"]
     if _argument(node, 5, "training", False) is not False or mean is None or var is None:
         refuse(node, "batch_norm in training mode or without running statistics; call .eval()")
     eps = float(_argument(node, 7, "eps", 1e-5))
     module = nn.BatchNorm2d(mean.numel(), eps=eps, device="meta").eval()
     module._parameters.update(weight=weight, bias=bias)
     module._buffers.update(running_mean=mean, running_var=var)
-    return module, mean_node
+    return module
 
 
+_LAYER_TENSORS = {"weight": 1, "bias": 2}
+_TENSOR_ARGUMENTS = {  # the tensor arguments of each and their positions, the weight first
+    F.linear: _LAYER_TENSORS,
+    F.conv1d: _LAYER_TENSORS,
+    F.conv2d: _LAYER_TENSORS,
+    F.conv3d: _LAYER_TENSORS,
+    F.batch_norm: {"running_mean": 1, "running_var": 2, "weight": 3, "bias": 4},
+}
 _FUNCTIONAL_LAYERS = {
     F.linear: _functional_linear,
     F.conv1d: _functional_conv(1),

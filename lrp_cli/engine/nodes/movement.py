@@ -33,8 +33,8 @@ MOVE_FUNCTIONS = {
 MOVE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
     "chunk", "split", "narrow", "expand", "expand_as", "view_as", "reshape_as", "movedim", "t",
-    "unflatten", "clone", "to", "type", "float", "double", "__getitem__", "roll", "swapaxes",
-    "unbind",
+    "unflatten", "clone", "to", "type", "type_as", "float", "double", "__getitem__", "roll",
+    "swapaxes", "unbind",
 }  # fmt: skip
 MAXPOOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
                      F.adaptive_max_pool2d, F.adaptive_max_pool3d}  # fmt: skip

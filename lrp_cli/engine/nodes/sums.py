@@ -7,7 +7,7 @@ import operator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from .base import NodeHandler, call_step, method_name, register, vjp
 
@@ -43,7 +43,7 @@ class ProportionalHandler(NodeHandler):
         elif node.op == "call_method" and method_name(node) in SUM_METHODS:
             name = method_name(node)
             return Step(node, self.kind, function=name, nonnegative=nonneg and name != "sub")
-        return None
+        return _scaled_sum(node, ctx)
 
     def keeps(self, step, explainer):
         return [*explainer.graph_inputs(step.node), step.node]
@@ -62,6 +62,23 @@ class ProportionalHandler(NodeHandler):
             shares = [(n, env[n] * s) for n in others]
             return shares + [(last, s.mul_(env[last]) if owned else env[last] * s)]
         return [(n, env[n] * g) for n, g in vjp(step, env, s, explainer).items()]
+
+
+def _scaled_sum(node, ctx):
+    """``addcmul(a, b, c, value=v) = a + v * b * c`` with at most one of ``b``, ``c`` data
+    (timm's per-channel Affine, ConvNeXt-V2's GRN): a sum whose term ``v * b * c`` is linear
+    in the data, so each term gets its share through the op's Jacobian like any sum."""
+    from ..graph import Step
+
+    if node.op == "call_function" and node.target is torch.addcmul:
+        target, factors = torch.addcmul, node.args[1:3]
+    elif node.op == "call_method" and method_name(node) == "addcmul":
+        target, factors = "addcmul", node.args[1:3]
+    else:
+        return None
+    if len(factors) != 2 or sum(isinstance(f, fx.Node) and ctx.depends[f] for f in factors) > 1:
+        return None  # a product of two data tensors: the products handlers decide
+    return Step(node, "proportional", function=target)
 
 
 def _is_plain_add(step, inputs, env) -> bool:
